@@ -1,0 +1,41 @@
+"""Shared pytest configuration and fixtures."""
+
+from __future__ import annotations
+
+import os
+import shutil
+
+import pytest
+from hypothesis import HealthCheck, settings
+
+# Bounded so the whole suite stays fast; long fuzzing runs live outside it.
+settings.register_profile(
+    "default", max_examples=150, deadline=None,
+    suppress_health_check=[HealthCheck.too_slow],
+)
+settings.register_profile("fuzz", max_examples=20_000, deadline=None)
+settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "default"))
+
+
+def require_tool(name: str) -> str:
+    """Return the path of external tool *name*, or skip the test.
+
+    Under ``CI=true`` a missing tool is a failure, not a skip: ``.ci/run``
+    installs every tool the tests use, so a skip there would hide a gap.
+    """
+    path = shutil.which(name)
+    if path is None:
+        if os.environ.get("CI") == "true":
+            pytest.fail(f"{name} is required under CI=true but is not installed")
+        pytest.skip(f"{name} is not installed")
+    return path
+
+
+@pytest.fixture
+def openssl() -> str:
+    return require_tool("openssl")
+
+
+@pytest.fixture
+def strongswan_pki() -> str:
+    return require_tool("pki")

@@ -1,11 +1,13 @@
 """estproto: a sans-I/O implementation of EST (RFC 7030, RFC 8951).
 
 The package is layered like the protocol: :mod:`estproto.codecs` turns every
-EST payload into bytes and back; the connection objects (server and client)
-stack EST over HTTP/1.1 (h11) over TLS (pyOpenSSL memory BIOs); the trio and
-asyncio adapters only move bytes between sockets and those objects.
+EST payload into bytes and back; :class:`ServerConnection` and
+:class:`ClientConnection` stack EST over HTTP/1.1 (h11) over TLS (pyOpenSSL
+memory BIOs); the EST layer alone (:class:`ESTServerProtocol`) serves hosts
+that already have HTTP and TLS. Nothing here touches a socket or a clock.
 """
 
+from ._config import ClientConfig, ServerConfig
 from ._errors import (
     BadSignature,
     DecodeError,
@@ -14,14 +16,89 @@ from ._errors import (
     ProtocolError,
     RemoteProtocolError,
 )
+from ._est_client import ESTClientProtocol
+from ._est_server import ESTServerProtocol, ESTServerSettings, LinePolicyChoice, Reply, RequestRejected
+from ._events import (
+    NEED_DATA,
+    PAUSED,
+    AuthenticationChallenged,
+    AuthenticationRequired,
+    CACertsReceived,
+    CACertsRequest,
+    CACertsResponse,
+    CertificateIssued,
+    CertificateResponse,
+    ClientRequest,
+    ClientResult,
+    ConnectionClosed,
+    ConnectionFacts,
+    ConnectionTerminated,
+    CSRAttrsReceived,
+    CSRAttrsRequest,
+    CSRAttrsResponse,
+    EnrollmentPending,
+    ErrorReceived,
+    ErrorResponse,
+    Event,
+    FullCMC,
+    FullCMCReceived,
+    FullCMCRequest,
+    FullCMCResponse,
+    GetCACerts,
+    GetCSRAttrs,
+    RawRequest,
+    RawResponseReceived,
+    Redirected,
+    RetryLater,
+    ServerKeygen,
+    ServerKeygenRequest,
+    ServerKeygenResponse,
+    ServerKeyReceived,
+    ServerRequest,
+    ServerResponse,
+    SimpleEnroll,
+    SimpleEnrollRequest,
+    SimpleReenroll,
+    SimpleReenrollRequest,
+)
+from ._http import HTTPLimits
+from ._paths import Operation
+from ._state import ConnectionState
+from ._tls import (
+    ChannelBinding,
+    ClientTLSContext,
+    PeerCertificate,
+    ServerTLSContext,
+    TLSError,
+    TLSVerificationError,
+)
+from .client import ClientConnection, Credentials, check_fingerprint
+from .server import ServerConnection
 
 __version__ = "0.1.0.dev0"
 
 __all__ = [
-    "BadSignature",
-    "DecodeError",
-    "LocalProtocolError",
-    "MessageTooLarge",
-    "ProtocolError",
-    "RemoteProtocolError",
+    # connections and configuration
+    "ServerConnection", "ClientConnection", "ServerConfig", "ClientConfig",
+    "ServerTLSContext", "ClientTLSContext", "HTTPLimits", "ESTServerSettings",
+    "LinePolicyChoice", "Credentials", "check_fingerprint", "ConnectionState", "Operation",
+    # the EST layer alone
+    "ESTServerProtocol", "ESTClientProtocol", "Reply", "RequestRejected",
+    # TLS facts
+    "ChannelBinding", "PeerCertificate", "ConnectionFacts",
+    # errors
+    "ProtocolError", "LocalProtocolError", "RemoteProtocolError", "DecodeError",
+    "MessageTooLarge", "BadSignature", "TLSError", "TLSVerificationError",
+    # events
+    "Event", "NEED_DATA", "PAUSED", "ConnectionClosed", "ConnectionTerminated",
+    "ServerRequest", "CACertsRequest", "CSRAttrsRequest", "SimpleEnrollRequest",
+    "SimpleReenrollRequest", "ServerKeygenRequest", "FullCMCRequest",
+    "ServerResponse", "CACertsResponse", "CertificateResponse", "ServerKeygenResponse",
+    "CSRAttrsResponse", "FullCMCResponse", "RetryLater", "AuthenticationRequired",
+    "ErrorResponse",
+    "ClientRequest", "GetCACerts", "GetCSRAttrs", "SimpleEnroll", "SimpleReenroll",
+    "ServerKeygen", "FullCMC", "RawRequest",
+    "ClientResult", "CACertsReceived", "CertificateIssued", "EnrollmentPending",
+    "CSRAttrsReceived", "ServerKeyReceived", "FullCMCReceived", "AuthenticationChallenged",
+    "Redirected", "ErrorReceived", "RawResponseReceived",
 ]

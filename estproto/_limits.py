@@ -12,11 +12,11 @@ from __future__ import annotations
 #: dozen extensions is under 8 KiB and a cacerts rollover set with long chains a
 #: few tens of KiB; 1 MiB leaves room for CMC batches and still bounds memory.
 #: (nginx's client_max_body_size defaults to 1 MiB for the same reason.)
-MAX_BODY_SIZE = 1024 * 1024
+MAX_BODY_SIZE: int = 1024 * 1024
 
 #: Largest DER object we decode. base64 expands 3 bytes into 4, so this is the
 #: most a MAX_BODY_SIZE body can carry.
-MAX_DER_SIZE = MAX_BODY_SIZE * 3 // 4
+MAX_DER_SIZE: int = MAX_BODY_SIZE * 3 // 4
 
 #: Most certificates we read out of one certs-only PKCS#7. A rollover cacerts
 #: response holds 4 plus chains; nothing in EST needs hundreds.

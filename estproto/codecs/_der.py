@@ -13,6 +13,9 @@ from __future__ import annotations
 from contextlib import contextmanager
 from typing import Any, Iterator
 
+from cryptography.exceptions import InternalError, UnsupportedAlgorithm
+from cryptography.x509 import InvalidVersion
+
 from .._errors import DecodeError, MessageTooLarge
 
 __all__ = ["decoding", "check_size", "load_der"]
@@ -27,6 +30,10 @@ _LOWER_LAYER_ERRORS = (
     RecursionError,
     AttributeError,
     NotImplementedError,
+    # cryptography's loaders: not ValueErrors, but still "this input is bad".
+    InternalError,
+    UnsupportedAlgorithm,
+    InvalidVersion,
 )
 
 

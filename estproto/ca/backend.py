@@ -1,0 +1,216 @@
+"""The CA backend interface a server calls, and the request handler built on it.
+
+RFC 7030 separates the EST server from the CA behind it ("the EST server
+... is assumed to be an RA or CA", section 1 and 3.7). This module is that
+seam: :class:`CABackend` is what an application replaces to put estproto in
+front of its own PKI, as globalsign/est's ``CA`` interface and libest's
+callbacks do; :class:`estproto.ca.EmbeddedCA` is the implementation shipped.
+
+:func:`make_handler` turns a backend into the ``handler(request) -> response``
+callable the trio and asyncio servers run (in a worker thread: a backend may
+block on its database or on an HSM). It fixes the order every backend gets:
+
+1. ``/cacerts`` and ``/csrattrs`` are answered without authentication:
+   "The EST server SHOULD NOT require client authentication or
+   authorization to reply to this request" (RFC 7030 4.1.2 and 4.5.1).
+2. Every other operation first calls :meth:`CABackend.authorize`, which
+   returns the authenticated :class:`Principal` or the response refusing
+   the request (401 with challenges, 403). The operation receives the
+   principal, so an operation can never run unauthenticated, and the record
+   of what was issued can name who asked.
+3. An exception from the backend becomes a 5xx with a generic reason (the
+   detail goes to :mod:`logging`, never to the client): a
+   :class:`~estproto.ca.store.StoreError` is 503 (try again later), anything
+   else 500. A response of the wrong kind for the operation is a backend
+   bug and is answered 500 too, instead of breaking the connection.
+"""
+
+from __future__ import annotations
+
+import abc
+import logging
+from dataclasses import dataclass
+from typing import Callable, Mapping
+
+from cryptography import x509
+
+from .._events import (
+    AuthenticationRequired,
+    CACertsRequest,
+    CACertsResponse,
+    CertificateResponse,
+    CSRAttrsRequest,
+    CSRAttrsResponse,
+    ErrorResponse,
+    FullCMCRequest,
+    FullCMCResponse,
+    RetryLater,
+    ServerKeygenRequest,
+    ServerKeygenResponse,
+    ServerRequest,
+    ServerResponse,
+    SimpleEnrollRequest,
+    SimpleReenrollRequest,
+)
+from .._paths import Operation
+from ..codecs.csrattrs import CsrAttributes
+from .store import StoreError
+
+__all__ = ["Principal", "CABackend", "make_handler", "Handler"]
+
+#: What the trio/asyncio servers call for each request.
+Handler = Callable[[ServerRequest], ServerResponse]
+
+_log = logging.getLogger("estproto.ca")
+
+
+@dataclass(frozen=True)
+class Principal:
+    """Who an authorized request comes from.
+
+    Attributes:
+        name: a stable identity for records and logs, e.g. ``"user:alice"``
+            or ``"cert:<serial hex>"``; never a secret.
+        method: how it was established: ``"basic"``, ``"digest"``,
+            ``"certificate"`` (TLS client certificate), or a backend's own.
+        certificate: the TLS client certificate when ``method`` is
+            ``"certificate"``.
+    """
+
+    name: str
+    method: str
+    certificate: x509.Certificate | None = None
+
+
+class CABackend(abc.ABC):
+    """What an EST server needs from the CA behind it.
+
+    Each method may block (the server runs handlers in worker threads) and
+    may raise; :func:`make_handler` turns exceptions into 5xx answers.
+    Responses allowed per operation (RFC 7030 4.2.3, 4.3.2, 4.4.2):
+    CertificateResponse / ServerKeygenResponse / FullCMCResponse for
+    success, RetryLater for a deferred request, ErrorResponse (or for
+    fullcmc a FullCMCResponse with a 4xx/5xx status) for a refusal.
+    """
+
+    @abc.abstractmethod
+    def authorize(self, request: ServerRequest) -> Principal | ServerResponse:
+        """Decide whether *request* may proceed.
+
+        Args:
+            request: any request but /cacerts and /csrattrs; it carries the
+                parsed HTTP credentials and the TLS facts (client
+                certificate, whether it verified).
+
+        Returns:
+            The :class:`Principal` when allowed; otherwise the response to
+            send: :class:`AuthenticationRequired` (401 with challenges) when
+            nothing authenticated, or :class:`ErrorResponse` (403) when the
+            requester is known but not allowed.
+        """
+
+    @abc.abstractmethod
+    def cacerts(self, label: str) -> tuple[x509.Certificate, ...]:
+        """The CA certificates for *label* (RFC 7030 4.1.3).
+
+        Raises:
+            LookupError: unknown label (answered 404).
+        """
+
+    @abc.abstractmethod
+    def csrattrs(self, label: str) -> CsrAttributes | None:
+        """The CSR attributes for *label*, or None for "none" (204, 4.5.2).
+
+        Raises:
+            LookupError: unknown label (answered 404).
+        """
+
+    @abc.abstractmethod
+    def enroll(self, request: SimpleEnrollRequest, principal: Principal) -> ServerResponse:
+        """Answer /simpleenroll (RFC 7030 4.2.1)."""
+
+    @abc.abstractmethod
+    def reenroll(self, request: SimpleReenrollRequest, principal: Principal) -> ServerResponse:
+        """Answer /simplereenroll (RFC 7030 4.2.2)."""
+
+    def serverkeygen(self, request: ServerKeygenRequest, principal: Principal) -> ServerResponse:
+        """Answer /serverkeygen (RFC 7030 4.4); optional, 501 by default."""
+        return ErrorResponse(501, "server-side key generation is not offered")
+
+    def fullcmc(self, request: FullCMCRequest, principal: Principal) -> ServerResponse:
+        """Answer /fullcmc (RFC 7030 4.3); optional, 501 by default
+        ("a client interprets an HTTP 404 or 501 response to indicate that
+        this service is not implemented", 4.3.2)."""
+        return ErrorResponse(501, "full CMC is not offered")
+
+
+_COMMON: tuple[type[ServerResponse], ...] = (AuthenticationRequired, ErrorResponse)
+_ALLOWED: Mapping[Operation, tuple[type[ServerResponse], ...]] = {
+    Operation.SIMPLEENROLL: (CertificateResponse, RetryLater) + _COMMON,
+    Operation.SIMPLEREENROLL: (CertificateResponse, RetryLater) + _COMMON,
+    Operation.SERVERKEYGEN: (ServerKeygenResponse, RetryLater) + _COMMON,
+    Operation.FULLCMC: (FullCMCResponse, RetryLater) + _COMMON,
+}
+
+
+def _describe(request: ServerRequest) -> str:
+    """A log-safe description: operation, label, peer (never credentials)."""
+    label = f" label={request.label!r}" if request.label else ""
+    return f"{request.operation.value}{label} peer={request.facts.peer or '-'}"
+
+
+def make_handler(backend: CABackend, *, logger: logging.Logger | None = None) -> Handler:
+    """Build the request handler for the trio/asyncio servers.
+
+    Args:
+        backend: the CA backend.
+        logger: where failures are logged (default ``estproto.ca``).
+
+    Returns:
+        ``handler(request) -> response``. It never raises for a backend
+        failure: those become ErrorResponse 500/503, logged with their
+        traceback (which holds no request secrets: credentials never reach
+        exception messages).
+    """
+    log = logger or _log
+
+    def handler(request: ServerRequest) -> ServerResponse:
+        try:
+            if isinstance(request, CACertsRequest):
+                try:
+                    return CACertsResponse(backend.cacerts(request.label))
+                except LookupError:
+                    return ErrorResponse(404, "unknown CA label")
+            if isinstance(request, CSRAttrsRequest):
+                try:
+                    return CSRAttrsResponse(backend.csrattrs(request.label))
+                except LookupError:
+                    return ErrorResponse(404, "unknown CA label")
+            decision = backend.authorize(request)
+            if isinstance(decision, ServerResponse):
+                if not isinstance(decision, _COMMON):
+                    raise TypeError(f"authorize returned {type(decision).__name__}")
+                return decision
+            if isinstance(request, SimpleEnrollRequest):
+                response = backend.enroll(request, decision)
+            elif isinstance(request, SimpleReenrollRequest):
+                response = backend.reenroll(request, decision)
+            elif isinstance(request, ServerKeygenRequest):
+                response = backend.serverkeygen(request, decision)
+            elif isinstance(request, FullCMCRequest):
+                response = backend.fullcmc(request, decision)
+            else:
+                return ErrorResponse(404, "unknown EST operation")
+            if not isinstance(response, _ALLOWED[request.operation]):
+                raise TypeError(
+                    f"backend answered {request.operation.value} with {type(response).__name__}"
+                )
+            return response
+        except StoreError:
+            log.exception("certificate store failure on %s", _describe(request))
+            return ErrorResponse(503, "certificate store unavailable, try again later")
+        except Exception:
+            log.exception("CA backend failure on %s", _describe(request))
+            return ErrorResponse(500, "internal CA error")
+
+    return handler

@@ -1,0 +1,47 @@
+"""The benchmark scripts in benchmarks/ still run and keep their output format.
+
+Each script runs with ``--quick`` in a subprocess (as a user would run it);
+the test checks the exit status and the machine-readable last line. No
+timing is asserted: the figures depend on the machine and its load.
+"""
+
+from __future__ import annotations
+
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+BENCHMARKS = Path(__file__).resolve().parent.parent / "benchmarks"
+
+_NUM = r"[0-9]+\.[0-9]{2}"
+
+CASES = [
+    (
+        "codecs.py",
+        re.compile(
+            rf"codec_ratio csr_decode={_NUM} pkcs7_encode={_NUM} pkcs7_decode={_NUM} "
+            rf"pkcs8_encode={_NUM} pkcs8_decode={_NUM} csr_build={_NUM}"
+        ),
+    ),
+    (
+        "bench_core.py",
+        re.compile(rf"floor_ratio keepalive={_NUM} new_tls12={_NUM} new_tls13={_NUM}"),
+    ),
+]
+
+
+@pytest.mark.parametrize("script,last_line", CASES, ids=[c[0] for c in CASES])
+def test_benchmark_quick_run(script: str, last_line: re.Pattern[str]) -> None:
+    proc = subprocess.run(
+        [sys.executable, str(BENCHMARKS / script), "--quick"],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    lines = proc.stdout.strip().splitlines()
+    assert lines, "no output"
+    assert last_line.fullmatch(lines[-1]), lines[-1]

@@ -598,6 +598,16 @@ class ClientBase(abc.ABC):
         """
         return await self._run(lambda conn: event)
 
+    async def request_built(
+        self, build: Callable[[ClientConnection], ClientRequest]
+    ) -> ClientResultEvent:
+        """Like :meth:`request`, but the request is built by *build* for the
+        connection that will carry it (after its handshake), and rebuilt on
+        every new connection: for requests that depend on the connection,
+        such as a CSR linked to its channel binding (RFC 7030 3.5).
+        """
+        return await self._run(build)
+
     def _expect(self, result: ClientResultEvent, kind: type[_T]) -> _T:
         if isinstance(result, kind):
             return result

@@ -1,164 +1,135 @@
-"""``python -m estproto demo``: a whole EST exchange, in memory, over real TLS.
+"""``estproto demo``: the README's main job in one command, over real sockets and TLS.
 
-A throwaway root CA and server certificate are created, then a
-:class:`ClientConnection` and a :class:`ServerConnection` talk through memory
-(no sockets): the client fetches /cacerts, is challenged for HTTP Digest
-credentials, answers once it has verified the server, and enrolls a fresh
-P-256 key with a CSR linked to the TLS channel (RFC 7030 3.5). The server
-side's answers come from a few lines of application code below.
+In a temporary data directory, the demo does what an operator and a device
+would do with ``estproto ca``, ``estproto serve`` and ``estproto enroll``,
+in one process:
 
-Until the socket adapters and the embedded CA exist this is the project's
-main job; it prints what happened at each step and the issued certificate.
+1. creates the embedded CA (P-256 root, TLS certificate for 127.0.0.1) and
+   an HTTP user;
+2. starts the trio EST server on 127.0.0.1, port 0 (the request log is
+   shown as ``server:`` lines);
+3. bootstraps trust as RFC 7030 4.1.1 describes: ``/cacerts`` over a
+   provisional, unverified TLS connection, the root accepted only because
+   its SHA-256 fingerprint matches the one the operator published;
+4. enrolls a fresh P-256 key with the bundled client over a verified TLS
+   connection: the server challenges for HTTP authentication, the client
+   answers (it has authorized the server, 3.2.3), and the CSR is linked to
+   the TLS channel (3.5);
+5. checks the result: the certificate chains to ``DIR/ca.pem``, holds the
+   generated key, and is in the CA's store; then stops the server
+   gracefully and prints the certificate.
+
+Exit status 0 when every check holds, 1 otherwise.
 """
 
 from __future__ import annotations
 
-import datetime
-import ipaddress
+import functools
+import logging
 import sys
+import tempfile
+from pathlib import Path
 from typing import TextIO
 
 from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
-from . import auth
-from ._config import ClientConfig, ServerConfig
-from ._events import (
-    NEED_DATA,
-    PAUSED,
-    AuthenticationRequired,
-    CACertsReceived,
-    CACertsRequest,
-    CACertsResponse,
-    CertificateIssued,
-    CertificateResponse,
-    ErrorResponse,
-    GetCACerts,
-    ServerRequest,
-    ServerResponse,
-    SimpleEnroll,
-    SimpleEnrollRequest,
-)
-from ._tls import ClientTLSContext, ServerTLSContext
-from .client import ClientConnection, Credentials
-from .codecs import pkcs10
-from .server import ServerConnection
+__all__ = ["run"]
 
-_REALM = "estproto demo"
-_USERS = {"demo": "demo-password"}
+_USER = "demo"
+#: A demo password for a throwaway CA that lives only as long as the demo.
+_PASSWORD = "demo-password"
 
 
-def _name(cn: str) -> x509.Name:
-    return x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, cn)])
+class _Echo(logging.Handler):
+    """Shows the server's request log lines in the demo's output."""
+
+    def __init__(self, out: TextIO) -> None:
+        super().__init__(logging.INFO)
+        self.out = out
+
+    def emit(self, record: logging.LogRecord) -> None:
+        print(f"   server: {record.getMessage()}", file=self.out, flush=True)
 
 
-def _certificate(
-    subject: str,
-    public_key: ec.EllipticCurvePublicKey,
-    issuer: x509.Name,
-    signer: ec.EllipticCurvePrivateKey,
-    *,
-    ca: bool,
-    san: x509.GeneralName | None = None,
-) -> x509.Certificate:
-    now = datetime.datetime.now(datetime.timezone.utc)
-    builder = (
-        x509.CertificateBuilder()
-        .subject_name(_name(subject))
-        .issuer_name(issuer)
-        .public_key(public_key)
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - datetime.timedelta(minutes=1))
-        .not_valid_after(now + datetime.timedelta(days=30))
-        .add_extension(x509.BasicConstraints(ca=ca, path_length=None), critical=True)
-    )
-    if san is not None:
-        builder = builder.add_extension(x509.SubjectAlternativeName([san]), critical=False)
-    return builder.sign(signer, hashes.SHA256())
+async def _main(data_dir: Path, out: TextIO) -> int:
+    import trio
 
+    from . import trio as est_trio
+    from .ca import EmbeddedCA
+    from .cli._client import chain_verifies
+    from .cli._serve import build_config, listening_line
+    from .client import Credentials, check_fingerprint
+    from ._tls import ClientTLSContext
 
-def _answer(
-    request: ServerRequest,
-    root: x509.Certificate,
-    root_key: ec.EllipticCurvePrivateKey,
-    digest: auth.DigestAuthority,
-) -> ServerResponse:
-    if isinstance(request, CACertsRequest):
-        return CACertsResponse((root,))
-    if isinstance(request, SimpleEnrollRequest):
-        credentials = request.credentials
-        lookup = auth.password_ha1_lookup(_REALM, _USERS.get)
-        if not isinstance(credentials, auth.DigestCredentials) or (
-            digest.verify(credentials, "POST", credentials.uri, lookup, now=0.0)
-            is not auth.DigestResult.OK
-        ):
-            return AuthenticationRequired(tuple(digest.challenges(now=0.0)))
-        csr = request.csr
-        public_key = csr.public_key
-        assert isinstance(public_key, ec.EllipticCurvePublicKey)
-        cn = csr.subject.get_attributes_for_oid(NameOID.COMMON_NAME)[0].value
-        return CertificateResponse(
-            _certificate(str(cn), public_key, root.subject, root_key, ca=False)
+    def say(text: str) -> None:
+        print(text, file=out, flush=True)
+
+    say(f"1. estproto ca init --data-dir {data_dir} --hostname 127.0.0.1")
+    with EmbeddedCA.init(data_dir, hostnames=["127.0.0.1"]) as ca:
+        fingerprint = ca.fingerprint()
+        say(f"   root CA: {ca.root_certificate.subject.rfc4514_string()}")
+        say(f"   SHA-256 fingerprint (estproto ca fingerprint): {fingerprint}")
+        say(f"   ESTPROTO_PASSWORD=... estproto ca add-user {_USER}")
+        ca.add_user(_USER, _PASSWORD)
+        config = build_config(ca)
+        logger = logging.getLogger("estproto.server")
+        echo = _Echo(out)
+        logger.addHandler(echo)
+        logger.setLevel(logging.INFO)
+        logger.propagate = False
+        try:
+            async with trio.open_nursery() as nursery:
+                server = await nursery.start(
+                    functools.partial(est_trio.serve, ca.handler(), config, "127.0.0.1", 0)
+                )
+                port = server.port
+                say(f"2. estproto serve --data-dir {data_dir} --host 127.0.0.1 --port 0")
+                say(f"   {listening_line('127.0.0.1', port)}")
+
+                say("3. GET /cacerts on a provisional (unverified) TLS connection; the CA is "
+                    "accepted only if its fingerprint matches (RFC 7030 4.1.1)")
+                async with est_trio.ESTClient("127.0.0.1", port, ClientTLSContext(verify=False)) as c:
+                    offered = await c.cacerts()
+                anchor = check_fingerprint(offered, fingerprint)
+                say(f"   fingerprint matches: {anchor.subject.rfc4514_string()}")
+
+                say(f"4. POST /simpleenroll as user {_USER}: a fresh P-256 key, the CSR linked "
+                    "to the TLS channel (RFC 7030 3.5), the server verified against that CA")
+                key = ec.generate_private_key(ec.SECP256R1())
+                subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "demo-device")])
+                tls = ClientTLSContext(trust_anchors=[anchor])
+                async with est_trio.ESTClient(
+                    "127.0.0.1", port, tls, credentials=Credentials(_USER, _PASSWORD)
+                ) as c:
+                    cert = await c.simpleenroll_linked(
+                        key, subject, subject_alt_names=[x509.DNSName("demo-device.example")]
+                    )
+                say(f"   issued: subject {cert.subject.rfc4514_string()}, serial {cert.serial_number:x}")
+                server.close()
+        finally:
+            logger.removeHandler(echo)
+            logger.propagate = True
+        say("5. server stopped gracefully; checking the result")
+        trust = x509.load_pem_x509_certificates((data_dir / "ca.pem").read_bytes())
+        chains = chain_verifies(cert, trust)
+        spki = serialization.PublicFormat.SubjectPublicKeyInfo
+        same_key = cert.public_key().public_bytes(serialization.Encoding.DER, spki) == (
+            key.public_key().public_bytes(serialization.Encoding.DER, spki)
         )
-    return ErrorResponse(501, "not offered by the demo server")
+        stored = ca.store.get_issued(format(cert.serial_number, "x")) is not None
+    say(f"   the certificate chains to ca.pem: {chains}")
+    say(f"   the certificate holds the key we generated: {same_key}")
+    say(f"   the certificate is recorded in the CA's store: {stored}")
+    print(cert.public_bytes(serialization.Encoding.PEM).decode(), end="", file=out, flush=True)
+    return 0 if chains and same_key and stored else 1
 
 
 def run(out: TextIO = sys.stdout) -> int:
     """Run the demo, printing to *out*; returns the process exit status."""
-    root_key = ec.generate_private_key(ec.SECP256R1())
-    root = _certificate("estproto demo root", root_key.public_key(), _name("estproto demo root"), root_key, ca=True)
-    server_key = ec.generate_private_key(ec.SECP256R1())
-    server_cert = _certificate(
-        "127.0.0.1", server_key.public_key(), root.subject, root_key, ca=False,
-        san=x509.IPAddress(ipaddress.ip_address("127.0.0.1")),
-    )
-    digest = auth.DigestAuthority(b"demo nonce secret, 32 bytes long", _REALM)
-    server = ServerConnection(ServerConfig(tls=ServerTLSContext([server_cert], server_key)))
-    client = ClientConnection(
-        ClientConfig(tls=ClientTLSContext(trust_anchors=[root]), host="127.0.0.1"),
-        credentials=Credentials("demo", _USERS["demo"]),
-    )
+    import trio
 
-    def exchange() -> object:
-        # Move bytes both ways until the client has a result: the job the
-        # socket adapters do for real connections.
-        while True:
-            event = client.next_event()
-            if event is not NEED_DATA:
-                return event
-            server.receive_data(client.data_to_send())
-            while (request := server.next_event()) not in (NEED_DATA, PAUSED):
-                if isinstance(request, ServerRequest):
-                    response = _answer(request, root, root_key, digest)
-                    print(f"  server: {request.operation.value} -> {type(response).__name__}", file=out)
-                    server.send(response)
-            client.receive_data(server.data_to_send())
-
-    print("1. GET /cacerts over TLS (server verified against the demo root)", file=out)
-    client.send(GetCACerts())
-    cacerts = exchange()
-    assert isinstance(cacerts, CACertsReceived)
-    print(f"   got {len(cacerts.certificates)} CA certificate(s): "
-          f"{cacerts.certificates[0].subject.rfc4514_string()}", file=out)
-
-    binding = client.channel_binding
-    assert binding is not None
-    print(f"2. POST /simpleenroll, CSR linked to {binding.kind} (RFC 7030 3.5)", file=out)
-    key = ec.generate_private_key(ec.SECP256R1())
-    csr = pkcs10.build_csr(key, _name("demo-device"), challenge_password=client.pop_challenge_password)
-    client.send(SimpleEnroll(csr=csr))
-    issued = exchange()
-    if not isinstance(issued, CertificateIssued):
-        print(f"   enrollment failed: {issued}", file=out)
-        return 1
-    cert = issued.certificate
-    print(f"   issued: subject {cert.subject.rfc4514_string()}, serial {cert.serial_number:x}", file=out)
-    spki = serialization.PublicFormat.SubjectPublicKeyInfo
-    same_key = cert.public_key().public_bytes(serialization.Encoding.DER, spki) == (
-        key.public_key().public_bytes(serialization.Encoding.DER, spki)
-    )
-    print(f"   the certificate holds the key we generated: {same_key}", file=out)
-    print(cert.public_bytes(serialization.Encoding.PEM).decode(), end="", file=out)
-    return 0
+    with tempfile.TemporaryDirectory(prefix="estproto-demo-") as tmp:
+        return trio.run(_main, Path(tmp), out)

@@ -300,11 +300,17 @@ def _leaf(certs: Sequence[x509.Certificate]) -> x509.Certificate:
 
 
 def _check_key_matches(key: object, certificate: x509.Certificate) -> None:
+    from cryptography.exceptions import UnsupportedAlgorithm
     from cryptography.hazmat.primitives import serialization
 
-    public = key.public_key()  # type: ignore[attr-defined]
     fmt = serialization.PublicFormat.SubjectPublicKeyInfo
-    if public.public_bytes(serialization.Encoding.DER, fmt) != certificate.public_key().public_bytes(
-        serialization.Encoding.DER, fmt
-    ):
+    try:
+        # The certificate came from the server: its key may be off-curve or
+        # of an unknown type, which cryptography reports as ValueError or
+        # UnsupportedAlgorithm.
+        cert_spki = certificate.public_key().public_bytes(serialization.Encoding.DER, fmt)
+    except (ValueError, UnsupportedAlgorithm) as exc:
+        raise DecodeError(f"serverkeygen: unusable certificate public key: {exc}") from None
+    ours = key.public_key().public_bytes(serialization.Encoding.DER, fmt)  # type: ignore[attr-defined]
+    if ours != cert_spki:
         raise DecodeError("serverkeygen: the private key does not match the certificate")

@@ -63,7 +63,7 @@ from ._events import (
     SimpleReenrollRequest,
 )
 from ._limits import MAX_BODY_SIZE
-from ._paths import Operation, parse_est_path
+from ._paths import ESTPath, Operation, format_est_path, parse_est_path
 from .codecs import cmc, csrattrs, mediatype, multipart, pkcs7, pkcs10, serverkey, transfer
 from .codecs.mediatype import MediaType
 
@@ -163,6 +163,21 @@ _REQUEST_MEDIA_TYPES: Mapping[Operation, MediaType] = {
     Operation.FULLCMC: mediatype.CMC_REQUEST,
 }
 
+# The request media types exactly as written by format_media_type (what
+# clients send); anything else goes through the full parser.
+_CANONICAL_REQUEST_TYPES: Mapping[Operation, str] = {
+    op: mediatype.format_media_type(mt) for op, mt in _REQUEST_MEDIA_TYPES.items()
+}
+
+# Operation.method, looked up once.
+_METHODS: Mapping[Operation, str] = {op: op.method for op in Operation}
+
+# The six unlabelled paths (RFC 7030 3.2.2), parsed once: an exact match of
+# the request-target skips the parser, whose answer would be the same.
+_PLAIN_PATHS: Mapping[str, ESTPath] = {
+    format_est_path(op): parse_est_path(format_est_path(op)) for op in Operation
+}
+
 # Which responses answer which request (anything else is a caller bug).
 _ALWAYS_ALLOWED = (AuthenticationRequired, ErrorResponse)
 _ALLOWED_RESPONSES: Mapping[Operation, tuple[type[ServerResponse], ...]] = {
@@ -176,19 +191,18 @@ _ALLOWED_RESPONSES: Mapping[Operation, tuple[type[ServerResponse], ...]] = {
 
 _CTE_BASE64 = ("content-transfer-encoding", "base64")
 
+# The headers of each base64 response kind, formatted once.
+_BASE64_HEADERS: Mapping[MediaType, tuple[tuple[str, str], ...]] = {
+    mt: (("content-type", mediatype.format_media_type(mt)), _CTE_BASE64)
+    for mt in (mediatype.CERTS_ONLY, mediatype.PKCS7_MIME, mediatype.CSRATTRS, mediatype.CMC_RESPONSE)
+}
+
 
 class _State(enum.Enum):
     #: Waiting for the next request.
     IDLE = "idle"
     #: A request event was emitted; the application owes its response.
     AWAITING_RESPONSE = "awaiting-response"
-
-
-def _header(headers: Sequence[tuple[str, str]], name: str) -> str | None:
-    for key, value in headers:
-        if key == name:
-            return value
-    return None
 
 
 def text_reply(status: int, reason: str, extra: tuple[tuple[str, str], ...] = ()) -> Reply:
@@ -248,15 +262,30 @@ class ESTServerProtocol:
         """
         if self._state is not _State.IDLE:
             raise LocalProtocolError("the previous EST request has not been answered")
+        # The three fields EST reads, in one pass (the first of each counts).
+        user_agent = authorization = content_type = None
+        for key, value in headers:
+            if key == "user-agent":
+                if user_agent is None:
+                    user_agent = value
+            elif key == "authorization":
+                if authorization is None:
+                    authorization = value
+            elif key == "content-type":
+                if content_type is None:
+                    content_type = value
         # Decided per request (a rejection's CMC body follows it too), never
         # inherited from the previous request.
-        self._wrap_response = self._choose_wrap(_header(headers, "user-agent"), body)
+        self._wrap_response = self._choose_wrap(user_agent, body)
         operation: Operation | None = None
         try:
-            path = parse_est_path(target, max_label_segments=self.settings.max_label_segments)
+            path = _PLAIN_PATHS.get(target)
+            if path is None:
+                path = parse_est_path(target, max_label_segments=self.settings.max_label_segments)
             operation = path.operation
             event = self._build_event(
-                method, target, path.operation, path.label, headers, body, facts
+                method, target, path.operation, path.label, body, facts,
+                user_agent, authorization, content_type,
             )
         except ProtocolError as exc:
             return self._reject(method, target, operation, exc)
@@ -285,18 +314,19 @@ class ESTServerProtocol:
         target: str,
         operation: Operation,
         label: str,
-        headers: Sequence[tuple[str, str]],
         body: bytes,
         facts: ConnectionFacts,
+        user_agent: str | None,
+        authorization: str | None,
+        content_type: str | None,
     ) -> ServerRequest:
         settings = self.settings
         if label and settings.labels is not None and label not in settings.labels:
             raise RemoteProtocolError("unknown CA label", 404)
-        if method != operation.method:
+        if method != _METHODS[operation]:
             raise RemoteProtocolError(f"{operation.value} takes {operation.method}", 405)
 
         credentials = None
-        authorization = _header(headers, "authorization")
         if authorization is not None and facts.is_tls:
             # 3.2.3: HTTP-based client authentication happens inside TLS;
             # credentials sent in the clear are ignored, never honoured.
@@ -307,22 +337,27 @@ class ESTServerProtocol:
             and facts.client_certificate_verified
             and auth.is_ra_certificate(client_cert)
         )
-        user_agent = _header(headers, "user-agent")
-        common = dict(
-            label=label, credentials=credentials, facts=facts, is_ra=is_ra,
-            user_agent=user_agent, target=target,
-        )
 
         if operation is Operation.CACERTS:
-            return CACertsRequest(**common)  # type: ignore[arg-type]
+            return CACertsRequest(
+                label=label, credentials=credentials, facts=facts, is_ra=is_ra,
+                user_agent=user_agent, target=target,
+            )
         if operation is Operation.CSRATTRS:
-            return CSRAttrsRequest(**common)  # type: ignore[arg-type]
+            return CSRAttrsRequest(
+                label=label, credentials=credentials, facts=facts, is_ra=is_ra,
+                user_agent=user_agent, target=target,
+            )
 
-        self._check_media_type(operation, _header(headers, "content-type"))
+        self._check_media_type(operation, content_type)
         if len(body) > settings.max_body_size:
             raise RemoteProtocolError("request body too large", 413)
         der = transfer.decode_base64(
             body, lenient=settings.lenient_bodies, max_size=settings.max_body_size
+        )
+        common = dict(
+            label=label, credentials=credentials, facts=facts, is_ra=is_ra,
+            user_agent=user_agent, target=target,
         )
         if operation is Operation.FULLCMC:
             request = cmc.decode_full_pki_request(der)
@@ -339,7 +374,10 @@ class ESTServerProtocol:
         csr = pkcs10.decode_csr(der)
         pop_linked = self._check_pop(csr, facts, is_ra)
         if operation is Operation.SIMPLEENROLL:
-            return SimpleEnrollRequest(csr=csr, pop_linked=pop_linked, **common)  # type: ignore[arg-type]
+            return SimpleEnrollRequest(
+                label=label, credentials=credentials, facts=facts, is_ra=is_ra,
+                user_agent=user_agent, target=target, csr=csr, pop_linked=pop_linked,
+            )
         if operation is Operation.SERVERKEYGEN:
             return ServerKeygenRequest(csr=csr, pop_linked=pop_linked, **common)  # type: ignore[arg-type]
         rekey = self._check_reenroll(csr, facts, is_ra)
@@ -355,6 +393,8 @@ class ESTServerProtocol:
 
     @staticmethod
     def _check_media_type(operation: Operation, content_type: str | None) -> None:
+        if content_type is not None and content_type == _CANONICAL_REQUEST_TYPES[operation]:
+            return  # the exact form every client sends; parsing would agree
         expected = _REQUEST_MEDIA_TYPES[operation]
         if content_type is None:
             raise RemoteProtocolError(
@@ -370,8 +410,17 @@ class ESTServerProtocol:
             )
 
     def _check_pop(self, csr: pkcs10.CertificationRequest, facts: ConnectionFacts, is_ra: bool) -> bool:
+        policy = self.settings.pop_policy
+        if (
+            csr.challenge_password is None
+            and csr.est_identity_linking is None
+            and policy is not auth.PoPPolicy.REQUIRE
+        ):
+            # Nothing to link and linking not required: check_pop's answer
+            # is "accepted, not linked" whatever the channel binding is.
+            return False
         outcome = auth.check_pop(
-            self.settings.pop_policy,
+            policy,
             challenge_password=csr.challenge_password,
             identity_linking=csr.est_identity_linking,
             channel_binding=facts.channel_binding,
@@ -457,16 +506,15 @@ class ESTServerProtocol:
         return transfer.WRAP_64 if self._wrap_response else transfer.SINGLE_LINE
 
     def _base64_reply(self, der: bytes, content_type: MediaType) -> Reply:
-        return Reply(
-            200,
-            (("content-type", mediatype.format_media_type(content_type)), _CTE_BASE64),
-            transfer.encode_base64(der, self._policy()),
-        )
+        headers = _BASE64_HEADERS.get(content_type)
+        if headers is None:  # pragma: no cover - every caller passes a constant
+            headers = (("content-type", mediatype.format_media_type(content_type)), _CTE_BASE64)
+        return Reply(200, headers, transfer.encode_base64(der, self._policy()))
 
     def _cmc_reply(self, der: bytes, status: int) -> Reply:
         return Reply(
             status,
-            (("content-type", mediatype.format_media_type(mediatype.CMC_RESPONSE)), _CTE_BASE64),
+            _BASE64_HEADERS[mediatype.CMC_RESPONSE],
             transfer.encode_base64(der, self._policy()),
         )
 

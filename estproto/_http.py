@@ -97,6 +97,11 @@ _TOKEN_RE: Final = re.compile(r"[-!#$%&'*+.^_`|~0-9a-zA-Z]+")
 # h11's field-value grammar (on latin-1 bytes): no NUL, no CR/LF, no leading or
 # trailing whitespace; obs-text allowed.
 _FIELD_VALUE_RE: Final = re.compile(rb"(?:[^\x00\s]+(?:[ \t]+[^\x00\s]+)*)?")
+# The same grammar on str, for values not yet encoded: h11's ``[^\x00\s]`` on
+# latin-1 bytes is every character from U+0001 to U+00FF except the ASCII
+# whitespace (HT, LF, VT, FF, CR, SP), so this also refuses non-latin-1 text.
+_FIELD_CHAR = r"[\x01-\x08\x0e-\x1f\x21-\xff]"
+_FIELD_VALUE_STR_RE: Final = re.compile(rf"(?:{_FIELD_CHAR}+(?:[ \t]+{_FIELD_CHAR}+)*)?")
 _TARGET_RE: Final = re.compile(r"[\x21-\x7e]+")
 _VERSION_RE: Final = re.compile(r"[0-9]\.[0-9]")
 _REASON_RE: Final = re.compile(r"[\t \x21-\x7e\x80-\xff]*")
@@ -154,6 +159,16 @@ class HTTPLimits:
 Headers = tuple[tuple[str, str], ...]
 
 
+# Header fields already found valid. Servers send the same few fields
+# (content types, challenges) on every response; remembering that a given
+# (name, value) of plain str passed the grammar saves two regex runs per
+# field. Bounded in count and value length, so a peer cannot grow it: once
+# full, fields are simply checked every time.
+_VALID_PAIRS: dict[tuple[str, str], None] = {}
+_VALID_PAIRS_MAX = 512
+_VALID_PAIR_MAX_LENGTH = 256
+
+
 def _check_headers(headers: object) -> Headers:
     """Validate *headers* (pairs of str) and return them as a tuple of tuples."""
     if isinstance(headers, (str, bytes)):
@@ -162,17 +177,28 @@ def _check_headers(headers: object) -> Headers:
         pairs = tuple((name, value) for name, value in headers)  # type: ignore[attr-defined]
     except (TypeError, ValueError):
         raise LocalProtocolError("headers must be (name, value) pairs") from None
-    for name, value in pairs:
-        if not isinstance(name, str) or not _TOKEN_RE.fullmatch(name):
+    token, field_value = _TOKEN_RE.fullmatch, _FIELD_VALUE_STR_RE.fullmatch
+    for pair in pairs:
+        name, value = pair
+        if type(name) is str and type(value) is str and pair in _VALID_PAIRS:
+            continue
+        if not isinstance(name, str) or token(name) is None:
             raise LocalProtocolError(f"illegal header name {name!r}")
         if not isinstance(value, str):
             raise LocalProtocolError(f"header value for {name!r} must be str")
-        try:
-            raw = value.encode("latin-1")
-        except UnicodeEncodeError:
-            raise LocalProtocolError(f"header {name!r} is not latin-1") from None
-        if not _FIELD_VALUE_RE.fullmatch(raw):
+        if field_value(value) is None:
+            try:
+                value.encode("latin-1")
+            except UnicodeEncodeError:
+                raise LocalProtocolError(f"header {name!r} is not latin-1") from None
             raise LocalProtocolError(f"illegal value for header {name!r}: {value!r}")
+        if (
+            type(name) is str
+            and type(value) is str
+            and len(name) + len(value) <= _VALID_PAIR_MAX_LENGTH
+            and len(_VALID_PAIRS) < _VALID_PAIRS_MAX
+        ):
+            _VALID_PAIRS[pair] = None
     return pairs
 
 
@@ -268,9 +294,11 @@ class Response(_HeaderLookup):
         object.__setattr__(self, "headers", _check_headers(self.headers))
         if not isinstance(self.body, bytes):
             raise LocalProtocolError("body must be bytes")
-        if not isinstance(self.reason, str) or not _REASON_RE.fullmatch(self.reason):
-            raise LocalProtocolError(f"illegal reason phrase {self.reason!r}")
-        _check_version(self.http_version)
+        reason = self.reason
+        if reason != "" and (not isinstance(reason, str) or not _REASON_RE.fullmatch(reason)):
+            raise LocalProtocolError(f"illegal reason phrase {reason!r}")
+        if self.http_version != "1.1":
+            _check_version(self.http_version)
 
 
 def _unchecked(cls: type[Any], **values: Any) -> Any:
@@ -279,6 +307,20 @@ def _unchecked(cls: type[Any], **values: Any) -> Any:
     obj = object.__new__(cls)
     for name, value in values.items():
         object.__setattr__(obj, name, value)
+    return obj
+
+
+_setattr = object.__setattr__
+
+
+def _new_request(method: str, target: str, headers: Headers, body: bytes, version: str) -> Request:
+    # _unchecked, spelled out for the one call made per received request.
+    obj: Request = object.__new__(Request)
+    _setattr(obj, "method", method)
+    _setattr(obj, "target", target)
+    _setattr(obj, "headers", headers)
+    _setattr(obj, "body", body)
+    _setattr(obj, "http_version", version)
     return obj
 
 
@@ -305,8 +347,20 @@ class ConnectionClosed:
 _CLOSED: Final = ConnectionClosed()
 
 
+def _lowered_items(headers: Any) -> list[tuple[bytes, bytes]]:
+    """(lowercase name, value) pairs of an h11 ``Headers`` object.
+
+    Read from h11's private list of triples when it is there: iterating the
+    public Sequence goes through one Python-level ``__getitem__`` per field.
+    """
+    full = getattr(headers, "_full_items", None)
+    if full is None:  # pragma: no cover - only if h11 renames it
+        return list(headers)
+    return [(name, value) for _, name, value in full]
+
+
 def _decode_headers(raw: Iterable[tuple[bytes, bytes]]) -> Headers:
-    return tuple((n.decode("ascii"), v.decode("latin-1")) for n, v in raw)
+    return tuple([(n.decode("ascii"), v.decode("latin-1")) for n, v in raw])
 
 
 def _encode_headers(headers: Headers) -> list[tuple[bytes, bytes]]:
@@ -317,19 +371,12 @@ def _has(headers: Headers, name: str) -> bool:
     return any(n.lower() == name for n, _ in headers)
 
 
-def _says_close(headers: Iterable[tuple[bytes, bytes]]) -> bool:
-    return any(
-        name == b"connection" and b"close" in (t.strip() for t in value.lower().split(b","))
-        for name, value in headers
-    )
-
-
 def _unparsed_size(conn: h11.Connection) -> int:
     """Bytes h11 holds that it has not turned into events yet."""
-    buffer = getattr(conn, "_receive_buffer", None)
-    if buffer is None:  # pragma: no cover - only if h11 renames its buffer
+    try:
+        return len(conn._receive_buffer)  # type: ignore[attr-defined]
+    except AttributeError:  # pragma: no cover - only if h11 renames its buffer
         return len(conn.trailing_data[0])
-    return len(buffer)
 
 
 _HeadEvent = Union[h11.Request, h11.Response]
@@ -386,13 +433,17 @@ class _Reader:
 
     def _check_content_length(self, event: _HeadEvent) -> None:
         # h11 already rejected malformed or conflicting values.
-        for name, value in event.headers:
-            if name == b"content-length" and int(value) > self._limits.max_body_size:
-                raise RemoteProtocolError(
-                    f"body of {int(value)} bytes exceeds the limit of "
-                    f"{self._limits.max_body_size}",
-                    error_status_hint=413,
-                )
+        for name, value in _lowered_items(event.headers):
+            if name == b"content-length":
+                self._check_length_value(value)
+
+    def _check_length_value(self, value: bytes) -> None:
+        if int(value) > self._limits.max_body_size:
+            raise RemoteProtocolError(
+                f"body of {int(value)} bytes exceeds the limit of "
+                f"{self._limits.max_body_size}",
+                error_status_hint=413,
+            )
 
     def _read_message(self) -> tuple[_HeadEvent, bytes] | NeedData | ConnectionClosed:
         """Advance h11 to the next complete message, enforcing the limits.
@@ -553,10 +604,16 @@ class HTTPServer(_Reader):
             # RFC 7231 section 4.3.6 CONNECT asks for a tunnel; an origin
             # server that does not offer one answers 501.
             raise RemoteProtocolError("CONNECT is not supported", error_status_hint=501)
-        self._check_content_length(event)
-        # h11's rule, mirrored so keep_alive is known before we answer: close
-        # on "Connection: close", and never keep an HTTP/1.0 peer alive.
-        if event.http_version < b"1.1" or _says_close(event.headers):
+        # One pass for the body limit and h11's keep-alive rule, mirrored so
+        # keep_alive is known before we answer: close on "Connection: close",
+        # and never keep an HTTP/1.0 peer alive.
+        close = event.http_version < b"1.1"
+        for name, value in _lowered_items(event.headers):
+            if name == b"content-length":
+                self._check_length_value(value)
+            elif name == b"connection" and not close:
+                close = b"close" in (t.strip() for t in value.lower().split(b","))
+        if close:
             self._keep_alive = False
         if self._requests_received >= self._limits.max_requests_per_connection:
             self._keep_alive = False
@@ -583,17 +640,26 @@ class HTTPServer(_Reader):
             raise LocalProtocolError("answer the pending request before reading the next")
         if self._done:
             return _CLOSED
+        conn = self._conn
+        if (
+            self._error is None
+            and not self._eof
+            and conn.their_state is h11.IDLE
+            and not _unparsed_size(conn)
+        ):
+            # Between requests with nothing buffered: h11 would answer
+            # NEED_DATA without changing state; skip the trip through it.
+            return NEED_DATA
         result = self._read_message()
         if isinstance(result, tuple):
             head, body = result
             assert isinstance(head, h11.Request)
-            request: Request = _unchecked(
-                Request,
-                method=head.method.decode("ascii"),
-                target=head.target.decode("ascii"),
-                headers=_decode_headers(head.headers),
-                body=body,
-                http_version=head.http_version.decode("ascii"),
+            request: Request = _new_request(
+                head.method.decode("ascii"),
+                head.target.decode("ascii"),
+                _decode_headers(_lowered_items(head.headers)),
+                body,
+                "1.1" if head.http_version == b"1.1" else head.http_version.decode("ascii"),
             )
             self._pending = request
             return request
@@ -638,11 +704,16 @@ class HTTPServer(_Reader):
             # of this response is on the wire; h11 refuses, we write it.
             return _raw_response(status, reason, headers, body)
         try:
+            # Every header here passed _check_headers (the grammar h11 checks)
+            # or is one we format ourselves, so h11 is told not to validate
+            # them again (``_parsed=True``, its path for parsed input); it
+            # still normalises names and checks Content-Length.
             out = conn.send(
                 h11.Response(
                     status_code=status,
                     headers=_encode_headers(headers),
                     reason=reason.encode("latin-1"),
+                    _parsed=True,
                 )
             )
             if body:
@@ -695,19 +766,28 @@ class HTTPServer(_Reader):
         status = response.status
         if status < 200:
             raise LocalProtocolError("only final responses (status >= 200) can be sent")
+        # One pass over the caller's headers for every rule below.
+        has_type = has_date = has_connection = False
         for name, _ in response.headers:
-            if name.lower() in _FRAMING_HEADERS:
+            lowered = name.lower()
+            if lowered == "content-type":
+                has_type = True
+            elif lowered == "date":
+                has_date = True
+            elif lowered == "connection":
+                has_connection = True
+            elif lowered in _FRAMING_HEADERS:
                 raise LocalProtocolError(f"{name} is set by the HTTP layer, not the caller")
-        if response.body and not _has(response.headers, "content-type"):
+        if response.body and not has_type:
             raise LocalProtocolError("a response with a body needs a Content-Type")
         if status in (204, 304) and response.body:
             raise LocalProtocolError(f"a {status} response cannot have a body")
         headers = response.headers
         if status not in (204, 304):
             headers += (("Content-Length", str(len(response.body))),)
-        if now is not None and not _has(headers, "date"):
+        if now is not None and not has_date:
             headers += (("Date", http_date(now)),)
-        if not self._keep_alive and not _has(headers, "connection"):
+        if not self._keep_alive and not has_connection:
             # h11 adds it for Connection: close / HTTP/1.0 requests; the request
             # limit is ours.
             headers += (("Connection", "close"),)

@@ -114,12 +114,13 @@ def parse_est_path(target: str, *, max_label_segments: int = 1) -> ESTPath:
     if not path.startswith(WELL_KNOWN_PREFIX + "/"):
         raise RemoteProtocolError("not an EST path (RFC 7030 3.2.2)", 404)
     rest = path[len(WELL_KNOWN_PREFIX) + 1 :]
-    label, _, op_name = rest.rpartition("/")
+    label, separator, op_name = rest.rpartition("/")
     try:
         operation = Operation(op_name)
     except ValueError:
         raise RemoteProtocolError("unknown EST operation", 404) from None
-    if label:
+    if separator:
+        # An empty label ("//cacerts") is refused like any malformed one.
         _check_label(label, max_label_segments)
     return ESTPath(operation, label)
 

@@ -27,6 +27,11 @@ __all__ = [
 class ConnectionState(enum.Enum):
     """Where one EST connection is, seen from our side."""
 
+    # Members are singletons compared by identity, so identity hashing is
+    # consistent with equality; Enum's own __hash__ (hash of the name) is a
+    # Python-level call on every transition-table lookup.
+    __hash__ = object.__hash__
+
     #: TLS handshake in progress (no HTTP yet).
     HANDSHAKING = "handshaking"
     #: Between requests: the connection is open and nothing is in flight.
@@ -45,6 +50,8 @@ class ConnectionState(enum.Enum):
 
 class Input(enum.Enum):
     """What can happen to a connection."""
+
+    __hash__ = object.__hash__  # see ConnectionState
 
     #: The TLS handshake completed.
     HANDSHAKE_DONE = "handshake-done"

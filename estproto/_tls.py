@@ -50,7 +50,9 @@ comment tells the same story for the stdlib ``ssl`` module):
 
 Limitations, said plainly: session resumption state, SSL_session_reused and
 the host-name check live only in OpenSSL's C API, reached through
-``OpenSSL._util.lib`` (cryptography's bindings) and ``Connection._ssl``;
+``OpenSSL._util.lib`` (cryptography's bindings) and ``Connection._ssl``
+(the memory BIOs' fill levels, read to avoid exception-driven loops, through
+``Connection._into_ssl``/``_from_ssl``);
 a pyOpenSSL release that drops those would break this module loudly at
 import or connection time, not silently. Certificate-less (SRP) cipher suites
 of RFC 7030 3.3.3 are not offered.
@@ -91,8 +93,9 @@ __all__ = [
 #: SSL_CTX_set_max_cert_list); more is a peer wasting our memory and CPU.
 MAX_HANDSHAKE_BYTES = 256 * 1024
 
-#: Size of one read from OpenSSL (plaintext or outgoing ciphertext): four
-#: maximum-size TLS records, so large transfers need few round trips into C.
+#: Size of one plaintext read from OpenSSL: four maximum-size TLS records, so
+#: large transfers need few round trips into C. (Outgoing ciphertext is read
+#: in one piece, its size asked of the memory BIO.)
 _CHUNK = 64 * 1024
 
 #: id-kp-cmcRA (RFC 6402 section 2.10), the EKU that authorizes an EST server
@@ -103,6 +106,14 @@ _ID_KP_CMC_RA = x509.ObjectIdentifier("1.3.6.1.5.5.7.3.28")
 #: fixes the context to empty (b"", which differs from "no context" on 1.2).
 _EXPORTER_LABEL = b"EXPORTER-Channel-Binding"
 _EXPORTER_LENGTH = 32
+
+# Uninitialised C buffers for reads (OpenSSL fills what it returns), as
+# pyOpenSSL allocates them.
+_new_buffer = _ffi.new_allocator(should_clear_after_alloc=False)
+
+#: OpenSSL's SSL_MODE_NO_AUTO_CHAIN (ssl.h, stable since 1.0.2); pyOpenSSL
+#: does not name it.
+_SSL_MODE_NO_AUTO_CHAIN = 0x00000008
 
 _VERSIONS = {"1.2": SSL.TLS1_2_VERSION, "1.3": SSL.TLS1_3_VERSION}
 _IDENTITY_MISMATCH = frozenset(
@@ -371,6 +382,37 @@ def _use_identity(
         raise LocalProtocolError(f"{what}: certificate and key unusable: {exc}") from None
 
 
+def _fix_server_chain(ctx: SSL.Context, leaf: x509.Certificate) -> None:
+    """Settle, once, the chain a server given only its leaf sends.
+
+    With no intermediates configured, OpenSSL builds the server's chain from
+    the context's certificate store on every handshake (the store holds the
+    client trust anchors), running X509_verify_cert, signature checks
+    included, each time: a measured 100-150 us per handshake. The store is
+    fixed once the context is built, so the same chain is built here once
+    and installed as the extra chain (or, when the store cannot contribute
+    anything, automatic chaining is turned off). The certificates on the
+    wire are the same as before. Any other outcome of chain building (an
+    expired anchor, say) keeps OpenSSL's per-handshake behaviour.
+    """
+    store = ctx.get_cert_store()
+    if store is None:  # pragma: no cover - OpenSSL always creates one
+        return
+    try:
+        chain = crypto.X509StoreContext(store, crypto.X509.from_cryptography(leaf)).get_verified_chain()
+    except crypto.X509StoreContextError as exc:
+        code, depth = exc.errors[0], exc.errors[1]
+        if code == _lib.X509_V_ERR_UNABLE_TO_GET_ISSUER_CERT_LOCALLY and depth == 0:
+            # Nothing in the store issued the leaf: OpenSSL would send it alone.
+            ctx.set_mode(_SSL_MODE_NO_AUTO_CHAIN)
+        return
+    if len(chain) > 1:
+        for cert in chain[1:]:
+            ctx.add_extra_chain_cert(cert.to_cryptography())
+    else:
+        ctx.set_mode(_SSL_MODE_NO_AUTO_CHAIN)
+
+
 def _alpn_list(protocols: Sequence[str] | None) -> list[bytes]:
     if not protocols:
         return []
@@ -446,6 +488,8 @@ class ServerTLSContext:
                 return SSL.NO_OVERLAPPING_PROTOCOLS
 
             ctx.set_alpn_select_callback(select)
+        if len(certificate_chain) == 1:
+            _fix_server_chain(ctx, certificate_chain[0])
         self._ctx = ctx
         self._store = ctx.get_cert_store()
         self.session_resumption = session_resumption
@@ -663,7 +707,12 @@ class TLSLayer:
                 raise TLSError(
                     f"TLS handshake exceeded {self.max_handshake_bytes} bytes", "handshake too large"
                 )
-            self._conn.bio_write(data)
+            conn = self._conn
+            # Straight into the memory BIO (pyOpenSSL's bio_write adds only
+            # argument checks); it takes everything unless out of memory,
+            # and then pyOpenSSL's call reports the error.
+            if _lib.BIO_write(conn._into_ssl, _ffi.from_buffer(data), len(data)) != len(data):
+                conn.bio_write(data)  # pragma: no cover - allocation failure
         else:
             self._eof = True
             self._conn.bio_shutdown()
@@ -686,11 +735,31 @@ class TLSLayer:
             self._send(pending)
 
     def _decrypt(self) -> None:
-        recv = self._conn.recv
+        conn = self._conn
         out = self._plaintext
+        ssl, incoming = conn._ssl, conn._into_ssl
+        pending, buffered = _lib.SSL_pending, _lib.BIO_get_mem_data
+        if not self._eof and not pending(ssl) and buffered(incoming, _ffi.NULL) <= 0:
+            # Nothing arrived after the handshake records: SSL_read could
+            # only say "want read". (At EOF it must run, to see the close.)
+            return
+        read = _lib.SSL_read
         try:
             while True:
-                out.append(recv(_CHUNK))
+                # SSL_read directly, as pyOpenSSL's recv does; its outcome
+                # when nothing is read is classified by pyOpenSSL itself.
+                buf = _new_buffer("char[]", _CHUNK)
+                n = read(ssl, buf, _CHUNK)
+                if n <= 0:
+                    conn._raise_ssl_error(ssl, n)
+                    return  # pragma: no cover - an error is always raised
+                out.append(_ffi.buffer(buf, n)[:])
+                # Stop when neither OpenSSL (decrypted bytes of the current
+                # record) nor the incoming BIO (records not yet read) holds
+                # anything: another SSL_read could only say "want read", and
+                # pyOpenSSL says that by raising, which costs more than asking.
+                if not pending(ssl) and buffered(incoming, _ffi.NULL) <= 0:
+                    return
         except SSL.WantReadError:
             return
         except SSL.ZeroReturnError:
@@ -727,8 +796,19 @@ class TLSLayer:
             self._send(data)
 
     def _send(self, data: bytes) -> None:
+        conn = self._conn
+        ssl = conn._ssl
         try:
-            self._conn.sendall(data)
+            # SSL_write directly, as pyOpenSSL's sendall does. Without
+            # partial-write mode it writes everything or fails, and a failure
+            # is classified by pyOpenSSL itself.
+            with _ffi.from_buffer(data) as view:
+                size = len(data)
+                n = _lib.SSL_write(ssl, view, size)
+                if n != size:
+                    if n <= 0:
+                        conn._raise_ssl_error(ssl, n)
+                    conn.sendall(bytes(data)[n:])  # pragma: no cover - partial
         except SSL.Error as exc:
             self._transition(_Input.FAILURE)
             raise LocalProtocolError(f"cannot write: {_openssl_reason(exc)}") from None
@@ -762,14 +842,19 @@ class TLSLayer:
 
     def data_to_send(self) -> bytes:
         """Return the ciphertext waiting for the network (``b""`` if none)."""
-        bio_read = self._conn.bio_read
-        chunks: list[bytes] = []
-        try:
-            while True:
-                chunks.append(bio_read(_CHUNK))
-        except SSL.WantReadError:
-            pass
-        return b"".join(chunks)
+        conn = self._conn
+        # Ask the memory BIO how much it holds and read exactly that, rather
+        # than reading until pyOpenSSL raises WantReadError.
+        outgoing = conn._from_ssl
+        pending = _lib.BIO_get_mem_data(outgoing, _ffi.NULL)
+        if pending <= 0:
+            return b""
+        buf = _new_buffer("char[]", pending)
+        n = _lib.BIO_read(outgoing, buf, pending)
+        if n <= 0:  # pragma: no cover - a memory BIO returns what it holds
+            return b""
+        data: bytes = _ffi.buffer(buf, n)[:]
+        return data
 
     # -- what the application asks -----------------------------------------
 

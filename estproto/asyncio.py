@@ -44,7 +44,7 @@ import contextvars
 import functools
 import logging
 import socket
-from typing import Any, Awaitable, Callable
+from typing import Any, Awaitable, Callable, Sequence
 
 from ._adapter_common import (
     ACCEPT_RETRY_DELAY,
@@ -447,6 +447,7 @@ async def start_server(
     shutdown_timeout: float = SHUTDOWN_TIMEOUT,
     handler_threads: int = HANDLER_THREADS,
     logger: logging.Logger | None = None,
+    sockets: Sequence[socket.socket] | None = None,
 ) -> ESTServer:
     """Start serving EST on *host*:*port* and return the running server.
 
@@ -463,6 +464,8 @@ async def start_server(
         shutdown_timeout: seconds in-flight requests get at shutdown.
         handler_threads: worker threads for blocking handlers.
         logger: for the request log; default ``logging.getLogger("estproto.server")``.
+        sockets: already bound and listening sockets to serve on instead of
+            *host*:*port* (e.g. ``SO_REUSEPORT`` sockets of worker processes).
 
     Returns:
         The :class:`ESTServer` (``.port``, ``.close()``, ``.wait_closed()``).
@@ -474,7 +477,7 @@ async def start_server(
         handler, config, max_connections=max_connections, shutdown_timeout=shutdown_timeout,
         handler_threads=handler_threads, logger=logger or logging.getLogger(SERVER_LOGGER),
     )
-    server._start(await _listen(host, port))
+    server._start(list(sockets) if sockets is not None else await _listen(host, port))
     return server
 
 
@@ -489,6 +492,7 @@ async def serve(
     shutdown_timeout: float = SHUTDOWN_TIMEOUT,
     handler_threads: int = HANDLER_THREADS,
     logger: logging.Logger | None = None,
+    sockets: Sequence[socket.socket] | None = None,
 ) -> None:
     """Serve EST until cancelled (or closed), then shut down gracefully.
 
@@ -499,6 +503,7 @@ async def serve(
     server = await start_server(
         handler, config, host, port, max_connections=max_connections,
         shutdown_timeout=shutdown_timeout, handler_threads=handler_threads, logger=logger,
+        sockets=sockets,
     )
     try:
         if ready is not None:

@@ -142,11 +142,13 @@ class ServerConnection:
         """
         if now is not None:
             self._now = now
-        if self.closed:
+        sm = self._sm
+        if sm.state is ConnectionState.CLOSING or sm.state is ConnectionState.CLOSED:
             return
         tls = self._tls
+        http = self._http
         if tls is None:
-            self._http.receive_data(data)
+            http.receive_data(data)
         else:
             was_complete = tls.handshake_complete
             try:
@@ -154,19 +156,20 @@ class ServerConnection:
             except TLSError as exc:
                 self._terminate(f"TLS: {exc}", None)
                 return
-            if not was_complete and tls.handshake_complete:
-                self._sm.process(Input.HANDSHAKE_DONE)
+            complete = tls.handshake_complete
+            if not was_complete and complete:
+                sm.process(Input.HANDSHAKE_DONE)
                 self._deadline = self._now + self.config.idle_timeout
             plaintext = tls.read()
             if plaintext:
-                self._http.receive_data(plaintext)
+                http.receive_data(plaintext)
             if tls.peer_closed:
-                self._http.receive_data(b"")
-            elif not tls.handshake_complete and not data:
+                http.receive_data(b"")
+            elif not complete and not data:
                 self._terminate("peer closed during the TLS handshake", None)
                 return
-        if self._sm.state is ConnectionState.IDLE and self._http.request_in_progress:
-            self._sm.process(Input.REQUEST_STARTED)
+        if sm.state is ConnectionState.IDLE and http.request_in_progress:
+            sm.process(Input.REQUEST_STARTED)
             self._deadline = self._now + self.config.request_timeout
 
     def next_event(self) -> ServerEvent | Sentinel:
@@ -200,17 +203,19 @@ class ServerConnection:
         if not isinstance(result, Request):
             self._close()
             return _CLOSED
-        if self._sm.state is ConnectionState.IDLE:
-            self._sm.process(Input.REQUEST_STARTED)
-        facts = self.facts
-        assert facts is not None
+        sm = self._sm
+        if sm.state is ConnectionState.IDLE:
+            sm.process(Input.REQUEST_STARTED)
+        facts = self._facts
+        if facts is None:
+            facts = self._facts = self._build_facts()
         event = self._est.receive_request(
             result.method, result.target, result.headers, result.body, facts
         )
         if isinstance(event, RequestRejected):
             self._reply(Response(event.reply.status, event.reply.headers, event.reply.body))
         else:
-            self._sm.process(Input.REQUEST_RECEIVED)
+            sm.process(Input.REQUEST_RECEIVED)
             self._deadline = None  # the application's turn: no deadline of ours
         return event
 

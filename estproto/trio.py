@@ -35,7 +35,7 @@ import inspect
 import logging
 import math
 import socket
-from typing import Any, Callable
+from typing import Any, Callable, Sequence
 
 import trio
 
@@ -320,6 +320,7 @@ async def serve(
     shutdown_timeout: float = SHUTDOWN_TIMEOUT,
     handler_threads: int = HANDLER_THREADS,
     logger: logging.Logger | None = None,
+    sockets: Sequence[socket.socket] | None = None,
 ) -> None:
     """Serve EST on *host*:*port* until cancelled or :meth:`ESTServer.close`.
 
@@ -338,6 +339,8 @@ async def serve(
         shutdown_timeout: seconds in-flight requests get at shutdown.
         handler_threads: worker threads for blocking handlers.
         logger: for the request log; default ``logging.getLogger("estproto.server")``.
+        sockets: already bound and listening sockets to serve on instead of
+            *host*:*port* (e.g. ``SO_REUSEPORT`` sockets of worker processes).
 
     Raises:
         OSError: the address could not be bound.
@@ -346,7 +349,10 @@ async def serve(
         handler, config, max_connections=max_connections, shutdown_timeout=shutdown_timeout,
         handler_threads=handler_threads, logger=logger or logging.getLogger(SERVER_LOGGER),
     )
-    listeners = await trio.open_tcp_listeners(port, host=host)
+    if sockets is not None:
+        listeners = [trio.SocketListener(trio.socket.from_stdlib_socket(s)) for s in sockets]
+    else:
+        listeners = await trio.open_tcp_listeners(port, host=host)
     server.sockets = tuple(listener.socket.getsockname() for listener in listeners)
     server.port = server.sockets[0][1]
     await server._run(listeners, task_status)

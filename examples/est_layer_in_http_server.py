@@ -23,6 +23,7 @@ import argparse
 import datetime
 import http.server
 import ipaddress
+import shutil
 import ssl
 import tempfile
 import threading
@@ -161,6 +162,8 @@ def main() -> None:
         thread.join()
     except KeyboardInterrupt:
         httpd.shutdown()
+    finally:
+        shutil.rmtree(httpd.ca_pem.parent, ignore_errors=True)  # type: ignore[attr-defined]
 
 
 if __name__ == "__main__":

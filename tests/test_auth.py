@@ -378,7 +378,7 @@ def test_digest_full_exchange(algorithm: str, user: str) -> None:
 def test_digest_client_prefers_sha256() -> None:
     authority = DigestAuthority(SECRET, REALM)  # offers SHA-256 then MD5
     values = authority.challenges(NOW)
-    assert len(values) == 2 and "algorithm=SHA-256" in values[0] and "algorithm=MD5" in values[1]
+    assert len(values) == 2 and 'algorithm="SHA-256"' in values[0] and 'algorithm="MD5"' in values[1]
     # Order given by the server does not matter: the client's preference does.
     _, creds = exchange(authority, ("digest-sha-256", "digest-md5", "basic"), "bob", "builder")
     cs = parse_challenges(list(reversed(values)) + [basic_challenge(REALM)])

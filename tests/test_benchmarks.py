@@ -17,6 +17,7 @@ import pytest
 BENCHMARKS = Path(__file__).resolve().parent.parent / "benchmarks"
 
 _NUM = r"[0-9]+\.[0-9]{2}"
+_NUM1 = r"[0-9]+\.[0-9]"
 
 CASES = [
     (
@@ -29,6 +30,15 @@ CASES = [
     (
         "bench_core.py",
         re.compile(rf"floor_ratio keepalive={_NUM} new_tls12={_NUM} new_tls13={_NUM}"),
+    ),
+    (
+        # Both adapters, server and load generator in separate processes.
+        "bench_loopback.py",
+        re.compile(
+            rf"enroll_per_s keepalive_asyncio={_NUM1} keepalive_trio={_NUM1} "
+            rf"newconn_asyncio={_NUM1} newconn_trio={_NUM1} "
+            rf"server_cpu_us={_NUM1} peak_rss_mb={_NUM1}"
+        ),
     ),
 ]
 

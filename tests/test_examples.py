@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import http.client
 import importlib.util
+import shutil
 import ssl
 import subprocess
 import sys
@@ -46,6 +47,7 @@ def layer_server() -> Iterator[tuple[ModuleType, object, int]]:
         httpd.shutdown()
         httpd.server_close()
         thread.join(5)
+        shutil.rmtree(httpd.ca_pem.parent, ignore_errors=True)
 
 
 def _https(port: int, cafile: Path) -> http.client.HTTPSConnection:

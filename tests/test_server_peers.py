@@ -248,7 +248,7 @@ def test_401_has_empty_body_and_challenge(bytewise: bool) -> None:
     assert body == b"" and headers[b"content-length"] == [b"0"]
     challenges = headers[b"www-authenticate"]
     assert len(challenges) == 2 and all(c.startswith(b"Digest ") for c in challenges)
-    assert b"algorithm=SHA-256" in challenges[0]
+    assert b'algorithm="SHA-256"' in challenges[0]
 
 
 def test_basic_auth_with_h11_client() -> None:

@@ -411,20 +411,25 @@ class DigestAuthority:
     def challenges(self, now: float, stale: bool = False) -> list[str]:
         """Return ``WWW-Authenticate`` values, one per algorithm, best first.
 
-        Each carries realm, ``qop="auth"``, the algorithm, a nonce, an opaque
-        and ``charset=UTF-8`` (RFC 7616 section 3.3), plus ``stale=true`` when
-        *stale*. Send each as its own header field: some clients read only
-        the first challenge of a field.
+        Each carries realm, ``qop="auth"``, the algorithm, a nonce and an
+        opaque, plus ``stale="true"`` when *stale*. Send each as its own
+        header field: some clients read only the first challenge of a field.
+
+        Every parameter is a quoted-string and RFC 7616's optional
+        ``charset`` is left out: RFC 7235 allows tokens too, but Bouncy
+        Castle's EST client (1.72) rejects an unquoted parameter and any
+        parameter besides realm, nonce, opaque, algorithm and qop. Clients
+        then assume usernames are not UTF-8 beyond ASCII (RFC 7616 3.4.4).
         """
         nonce = self.make_nonce(now)
         out = []
         for name in self.algorithms:
             value = (
-                f"Digest realm={quote(self.realm)}, qop=\"auth\", algorithm={name}, "
-                f'nonce="{nonce}", opaque="{self._opaque}", charset=UTF-8'
+                f"Digest realm={quote(self.realm)}, qop=\"auth\", algorithm=\"{name}\", "
+                f'nonce="{nonce}", opaque="{self._opaque}"'
             )
             if stale:
-                value += ", stale=true"
+                value += ', stale="true"'
             out.append(value)
         return out
 

@@ -51,10 +51,11 @@ Limits: the request size (``max_size``, default ``MAX_DER_SIZE``), the
 from __future__ import annotations
 
 import base64
+import dataclasses
 import functools
 import hmac
 from dataclasses import dataclass
-from typing import Callable, Sequence, Union
+from typing import Callable, Sequence, Union, cast
 
 from cryptography import x509
 from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
@@ -216,6 +217,15 @@ def _tlv(data: bytes, pos: int, end: int) -> tuple[int, int, int]:
     Only the first tag byte is returned; high tag numbers are skipped over
     correctly but none of the structures we interpret use them.
     """
+    if pos + 1 < end:
+        # The common case first: a low tag number and a short length.
+        tag = data[pos]
+        first = data[pos + 1]
+        if first < 0x80 and tag & 0x1F != 0x1F:
+            stop = pos + 2 + first
+            if stop > end:
+                raise _fail("truncated value")
+            return tag, pos + 2, stop
     if pos >= end:
         raise _fail("truncated")
     tag = data[pos]
@@ -335,7 +345,10 @@ def _enc(tag: int, content: bytes) -> bytes:
     return bytes((tag, 0x80 | len(size))) + size + content
 
 
+@functools.lru_cache(maxsize=256)
 def _enc_oid(dotted: str) -> bytes:
+    # Cached: the builder encodes the same handful of OIDs on every call
+    # (errors are not cached, so bad input still raises every time).
     return _enc(_OID, _oid_content(dotted))
 
 
@@ -472,6 +485,8 @@ _ECDSA: dict[str, type[hashes.HashAlgorithm]] = {
     "1.2.840.10045.4.3.3": hashes.SHA384,
     "1.2.840.10045.4.3.4": hashes.SHA512,
 }
+_DER = serialization.Encoding.DER
+_SPKI = serialization.PublicFormat.SubjectPublicKeyInfo
 _RSA_PSS = "1.2.840.113549.1.1.10"
 _MGF1 = "1.2.840.113549.1.1.8"
 _ED25519 = "1.3.101.112"
@@ -527,10 +542,10 @@ def _verify(key: PublicKey, alg_oid: str, params: bytes | None, sig: bytes, info
         elif (
             alg_oid in _ECDSA
             and null_or_absent
-            and isinstance(key, ec.EllipticCurvePublicKey)
-            and isinstance(key.curve, _CURVES)
+            and (type(key) in _EC_KEY_CLASSES or isinstance(key, ec.EllipticCurvePublicKey))
+            and isinstance(cast(ec.EllipticCurvePublicKey, key).curve, _CURVES)
         ):
-            key.verify(sig, info, ec.ECDSA(_ECDSA[alg_oid]()))
+            cast(ec.EllipticCurvePublicKey, key).verify(sig, info, ec.ECDSA(_ECDSA[alg_oid]()))
         elif alg_oid == _ED25519 and params is None and isinstance(key, ed25519.Ed25519PublicKey):
             key.verify(sig, info)
         elif alg_oid == _ED448 and params is None and isinstance(key, ed448.Ed448PublicKey):
@@ -589,22 +604,31 @@ def _subject_and_sans(
     return subject, sans
 
 
+_PUBLIC_KEY_TYPES = (
+    rsa.RSAPublicKey,
+    ec.EllipticCurvePublicKey,
+    ed25519.Ed25519PublicKey,
+    ed448.Ed448PublicKey,
+)
+# Concrete key classes already found to be one of _PUBLIC_KEY_TYPES (those
+# are ABCs, slow to isinstance-check): a handful of classes at most.
+_SEEN_KEY_CLASSES: set[type] = set()
+# The EC ones among them, for _verify.
+_EC_KEY_CLASSES: set[type] = set()
+
+
 def _public_key(spki_der: bytes) -> PublicKey:
     try:
         key = serialization.load_der_public_key(spki_der)
     except (ValueError, UnsupportedAlgorithm) as exc:
         raise _fail(f"subjectPublicKeyInfo: {exc}") from None
-    if not isinstance(
-        key,
-        (
-            rsa.RSAPublicKey,
-            ec.EllipticCurvePublicKey,
-            ed25519.Ed25519PublicKey,
-            ed448.Ed448PublicKey,
-        ),
-    ):
-        raise _fail(f"unsupported public key type {type(key).__name__}")
-    return key
+    if type(key) not in _SEEN_KEY_CLASSES:
+        if not isinstance(key, _PUBLIC_KEY_TYPES):
+            raise _fail(f"unsupported public key type {type(key).__name__}")
+        _SEEN_KEY_CLASSES.add(type(key))
+        if isinstance(key, ec.EllipticCurvePublicKey):
+            _EC_KEY_CLASSES.add(type(key))
+    return key  # type: ignore[return-value]
 
 
 # --------------------------------------------------------------------------
@@ -733,19 +757,31 @@ def decode_csr(
     subject, sans = _subject_and_sans(subject_der, public_key_der, san_der)
     if verify:
         _verify(public_key, alg_oid, alg_params, signature, info_der)
-    return CertificationRequest(
-        der=data,
-        info_der=info_der,
-        subject=subject,
-        subject_der=subject_der,
-        public_key=public_key,
-        public_key_der=public_key_der,
-        signature_algorithm_oid=alg_oid,
-        extensions=extensions,
-        subject_alt_names=sans,
-        attributes=tuple(raw_attrs),
-        **fields,  # type: ignore[arg-type]
-    )
+    # Every value was produced above with its declared type, so the instance
+    # is filled in one step instead of one frozen-dataclass setattr per field.
+    request: CertificationRequest = object.__new__(CertificationRequest)
+    inst = request.__dict__
+    inst.update(_REQUEST_DEFAULTS)
+    inst.update(fields)
+    inst["der"] = data
+    inst["info_der"] = info_der
+    inst["subject"] = subject
+    inst["subject_der"] = subject_der
+    inst["public_key"] = public_key
+    inst["public_key_der"] = public_key_der
+    inst["signature_algorithm_oid"] = alg_oid
+    inst["extensions"] = extensions
+    inst["subject_alt_names"] = sans
+    inst["attributes"] = tuple(raw_attrs)
+    return request
+
+
+# The optional fields' defaults, for decode_csr's one-step construction.
+_REQUEST_DEFAULTS: dict[str, object] = {
+    f.name: f.default
+    for f in dataclasses.fields(CertificationRequest)
+    if f.default is not dataclasses.MISSING
+}
 
 
 def _elements_one(data: bytes, pos: int, end: int) -> tuple[int, int, int, int]:
@@ -790,9 +826,37 @@ def _extension_der(
     return oid, _enc(_SEQUENCE, body)
 
 
+_SigningParams = tuple[bytes, Union[hashes.HashAlgorithm, None], Union[padding.AsymmetricPadding, None]]
+
+# _signing_params results by (key class, curve name, hash class, rsa_pss): the
+# answer depends on nothing else, and a client builds many requests with the
+# same kind of key. Bounded: there are a handful of key classes, three curves
+# and three hashes.
+_SIGNING_CACHE: dict[tuple[type, str | None, type | None, bool], _SigningParams] = {}
+_SIGNING_CACHE_MAX = 64
+
+
+def _cached_signing_params(
+    key: PrivateKey, hash_algorithm: hashes.HashAlgorithm | None, rsa_pss: bool
+) -> _SigningParams:
+    curve = getattr(key, "curve", None)
+    cache_key = (
+        type(key),
+        getattr(curve, "name", None),
+        None if hash_algorithm is None else type(hash_algorithm),
+        bool(rsa_pss),
+    )
+    params = _SIGNING_CACHE.get(cache_key)
+    if params is None:
+        params = _signing_params(key, hash_algorithm, rsa_pss)
+        if len(_SIGNING_CACHE) < _SIGNING_CACHE_MAX and type(cache_key[1]) in (str, type(None)):
+            _SIGNING_CACHE[cache_key] = params
+    return params
+
+
 def _signing_params(
     key: PrivateKey, hash_algorithm: hashes.HashAlgorithm | None, rsa_pss: bool
-) -> tuple[bytes, hashes.HashAlgorithm | None, padding.AsymmetricPadding | None]:
+) -> _SigningParams:
     """The AlgorithmIdentifier DER, hash and padding for *key*."""
     if rsa_pss and not isinstance(key, rsa.RSAPrivateKey):
         raise LocalProtocolError("rsa_pss needs an RSA key")
@@ -887,7 +951,7 @@ def build_csr(
     """
     if not isinstance(subject, x509.Name):
         raise LocalProtocolError("subject must be an x509.Name")
-    algid, algo, pad = _signing_params(key, hash_algorithm, rsa_pss)
+    algid, algo, pad = _cached_signing_params(key, hash_algorithm, rsa_pss)
 
     exts: list[bytes] = []
     ext_oids: set[str] = set()
@@ -936,22 +1000,20 @@ def build_csr(
         attrs[oid] = list(values)
 
     attr_ders = [_enc(_SEQUENCE, _enc_oid(oid) + _enc_set(values)) for oid, values in attrs.items()]
-    spki = key.public_key().public_bytes(
-        serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
-    )
+    spki = key.public_key().public_bytes(_DER, _SPKI)
     info = _enc(
         _SEQUENCE,
         b"\x02\x01\x00" + subject.public_bytes() + spki
         + _enc(_ATTRIBUTES_TAG, b"".join(sorted(attr_ders))),
     )
-    if isinstance(key, (ed25519.Ed25519PrivateKey, ed448.Ed448PrivateKey)):
-        signature = key.sign(info)
-    elif isinstance(key, ec.EllipticCurvePrivateKey):
-        assert algo is not None
-        signature = key.sign(info, ec.ECDSA(algo))
+    # _signing_params settled the key kind: no hash means EdDSA, a padding
+    # means RSA, neither means ECDSA.
+    if algo is None:
+        signature = cast(Union[ed25519.Ed25519PrivateKey, ed448.Ed448PrivateKey], key).sign(info)
+    elif pad is None:
+        signature = cast(ec.EllipticCurvePrivateKey, key).sign(info, ec.ECDSA(algo))
     else:
-        assert algo is not None and pad is not None
-        signature = key.sign(info, pad, algo)
+        signature = cast(rsa.RSAPrivateKey, key).sign(info, pad, algo)
     return _enc(_SEQUENCE, info + algid + _enc(_BIT_STRING, b"\x00" + signature))
 
 

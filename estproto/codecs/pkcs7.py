@@ -97,12 +97,17 @@ _WHAT = "certs-only PKCS#7"
 
 # DER of the two OIDs (tag and length included) and of the fixed fields.
 _OID_SIGNED_DATA = bytes.fromhex("06092a864886f70d010702")  # 1.2.840.113549.1.7.2
+_OID_SIGNED_DATA_LEN = len(_OID_SIGNED_DATA)
 _OID_DATA = bytes.fromhex("06092a864886f70d010701")  # 1.2.840.113549.1.7.1
 _SIGNED_DATA_DOTTED = "1.2.840.113549.1.7.2"
 _DATA_DOTTED = "1.2.840.113549.1.7.1"
 # version 1, digestAlgorithms {}, encapContentInfo { id-data } (no eContent)
 _SD_HEAD = b"\x02\x01\x01" + b"\x31\x00" + b"\x30\x0b" + _OID_DATA
 _EMPTY_SET = b"\x31\x00"  # signerInfos {}
+_SD_HEAD_LEN = len(_SD_HEAD)
+_EMPTY_SET_LEN = len(_EMPTY_SET)
+_CERT_TYPE = x509.Certificate
+_DER = serialization.Encoding.DER
 
 # Tags of the CertificateChoices alternatives (RFC 5652 10.2.2), as they
 # appear inside the [0] IMPLICIT CertificateSet.
@@ -277,22 +282,35 @@ def encode_certs_only(
     # the enrollment hot path, and public_bytes() is already most of its cost.
     ders: list[bytes] = []
     append = ders.append
-    cert_type, der_encoding = x509.Certificate, serialization.Encoding.DER
     for cert in certs:
-        if isinstance(cert, cert_type):
-            append(cert.public_bytes(der_encoding))
+        if isinstance(cert, _CERT_TYPE):
+            append(cert.public_bytes(_DER))
         else:
             append(_checked_der(cert))
-    if not ders:
+    if len(ders) == 1:
+        cert_set = ders[0]
+    elif ders:
+        # DER SET OF: ascending order of the encodings. Whole TLVs cannot be
+        # proper prefixes of one another, so plain bytes order is X.690's.
+        ders.sort()
+        cert_set = b"".join(ders)
+    else:
         # RFC 7030 4.1.3 and 4.2.3: the response carries the CA certificates
         # or the issued certificate; an empty one means nothing.
         raise LocalProtocolError("a certs-only message needs at least one certificate")
-    # DER SET OF: ascending order of the encodings. Whole TLVs cannot be
-    # proper prefixes of one another, so plain bytes order is X.690's order.
-    ders.sort()
-    cert_set = b"".join(ders)
-    signed_data = _tlv(0x30, _SD_HEAD + _tlv(0xA0, cert_set) + _EMPTY_SET)
-    return _tlv(0x30, _OID_SIGNED_DATA + _tlv(0xA0, signed_data))
+    # The four enclosing headers, lengths computed inside out, then one join
+    # (no intermediate copies of the certificates).
+    n = len(cert_set)
+    certs_head = b"\xa0" + _der_length(n)
+    sd_len = _SD_HEAD_LEN + len(certs_head) + n + _EMPTY_SET_LEN
+    sd_head = b"\x30" + _der_length(sd_len)
+    explicit_len = len(sd_head) + sd_len
+    explicit_head = b"\xa0" + _der_length(explicit_len)
+    ci_len = _OID_SIGNED_DATA_LEN + len(explicit_head) + explicit_len
+    return b"".join((
+        b"\x30", _der_length(ci_len), _OID_SIGNED_DATA, explicit_head,
+        sd_head, _SD_HEAD, certs_head, cert_set, _EMPTY_SET,
+    ))
 
 
 # --------------------------------------------------------------------------

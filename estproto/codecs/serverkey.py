@@ -116,6 +116,13 @@ _KEY_TYPES = (
     ed25519.Ed25519PrivateKey,
     ed448.Ed448PrivateKey,
 )
+# Concrete classes already found to be one of _KEY_TYPES (cryptography's key
+# classes are ABCs, and isinstance against four ABCs costs more than the
+# DER check): a handful of classes at most.
+_SEEN_KEY_CLASSES: set[type] = set()
+_DER = serialization.Encoding.DER
+_PKCS8 = serialization.PrivateFormat.PKCS8
+_NO_ENCRYPTION = serialization.NoEncryption()
 
 #: Content-encryption algorithms we produce and accept (asn1crypto names).
 ContentEncryption = Literal["aes128_cbc", "aes192_cbc", "aes256_cbc"]
@@ -257,13 +264,11 @@ def encode_private_key(key: PrivateKeyTypes) -> bytes:
     Raises:
         LocalProtocolError: *key* is not an RSA, EC, Ed25519 or Ed448 key.
     """
-    if not isinstance(key, _KEY_TYPES):
-        raise LocalProtocolError(f"cannot encode a {type(key).__name__} private key")
-    return key.private_bytes(
-        serialization.Encoding.DER,
-        serialization.PrivateFormat.PKCS8,
-        serialization.NoEncryption(),
-    )
+    if type(key) not in _SEEN_KEY_CLASSES:
+        if not isinstance(key, _KEY_TYPES):
+            raise LocalProtocolError(f"cannot encode a {type(key).__name__} private key")
+        _SEEN_KEY_CLASSES.add(type(key))
+    return key.private_bytes(_DER, _PKCS8, _NO_ENCRYPTION)
 
 
 def decode_private_key(
@@ -286,6 +291,16 @@ def decode_private_key(
         DecodeError: not a (supported) private key.
     """
     check_size(der, max_size, "private key")
+    if type(der) is bytes and _is_plain_v1_private_key_info(der):
+        # The common case, a DER v1 PrivateKeyInfo without publicKey, is
+        # exactly what cryptography's loader reads: hand it over directly.
+        # Any failure takes the full path below, which reports it.
+        try:
+            key = serialization.load_der_private_key(der, password=None)
+        except Exception:  # noqa: BLE001 - re-diagnosed by the full path
+            key = None
+        if type(key) in _SEEN_KEY_CLASSES or isinstance(key, _KEY_TYPES):
+            return key  # type: ignore[return-value]
     try:
         oak = load_der(OneAsymmetricKey, der, "PrivateKeyInfo", max_size)
         with decoding("PrivateKeyInfo"):
@@ -297,6 +312,52 @@ def decode_private_key(
         if lenient_key is None:
             raise
         return lenient_key
+
+
+def _der_end(data: bytes, pos: int, end: int) -> int:
+    """End of the definite, minimal-length DER TLV whose header is at *pos*
+    (a one-byte tag), or -1 if there is none that fits before *end*."""
+    if pos + 2 > end:
+        return -1
+    first = data[pos + 1]
+    pos += 2
+    if first >= 0x80:
+        count = first - 0x80
+        if count == 0 or count > 3 or pos + count > end or data[pos] == 0:
+            return -1
+        length = int.from_bytes(data[pos : pos + count], "big")
+        if length < 0x80:
+            return -1
+        pos += count
+    else:
+        length = first
+    return pos + length if pos + length <= end else -1
+
+
+def _is_plain_v1_private_key_info(der: bytes) -> bool:
+    """True if *der* is, structurally, ``PrivateKeyInfo ::= SEQUENCE {
+    version 0, AlgorithmIdentifier (SEQUENCE starting with an OID),
+    privateKey OCTET STRING, [0] attributes OPTIONAL }`` in DER and nothing
+    else: the shape cryptography's PKCS#8 loader reads and RFC 5958 v1
+    (a ``publicKey [1]`` takes the full path, which checks it)."""
+    end = len(der)
+    if end < 2 or der[0] != 0x30 or _der_end(der, 0, end) != end:
+        return False
+    pos = 2 if der[1] < 0x80 else 2 + der[1] - 0x80
+    # version v1(0), then the AlgorithmIdentifier SEQUENCE
+    if der[pos : pos + 4] != b"\x02\x01\x00\x30":
+        return False
+    pos += 3
+    alg_end = _der_end(der, pos, end)
+    if alg_end < 0 or alg_end >= end or der[alg_end] != 0x04:
+        return False
+    alg_start = pos + 2 if der[pos + 1] < 0x80 else pos + 2 + der[pos + 1] - 0x80
+    if alg_start >= alg_end or der[alg_start] != 0x06:  # algorithm OID first
+        return False
+    key_end = _der_end(der, alg_end, end)
+    if key_end == end:
+        return True
+    return key_end > 0 and der[key_end] == 0xA0 and _der_end(der, key_end, end) == end
 
 
 def _load_traditional(der: bytes) -> PrivateKey | None:

@@ -57,6 +57,7 @@ __all__ = [
 # tabs (ASCII 9) SHOULD be tolerated by receivers."
 _WHITESPACE = b" \t\r\n"
 _ALPHABET = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/"
+_NUL_AND_WHITESPACE = b"\x00" + _WHITESPACE
 _PEM_BEGIN = b"-----BEGIN "
 _PEM_END = b"-----END "
 _DASHES = b"-----"
@@ -199,7 +200,7 @@ def _recover(data: bytes) -> bytes | None:
     if data[:1] == b"\x30":
         return data
     # Drop trailing NULs (and the whitespace that may surround them).
-    trimmed = data.rstrip(b"\x00" + _WHITESPACE)
+    trimmed = data.rstrip(_NUL_AND_WHITESPACE)
     changed = len(trimmed) != len(data)
     begin = trimmed.find(_PEM_BEGIN)
     if begin >= 0:
@@ -273,5 +274,5 @@ def body_is_wrapped(body: bytes) -> bool:
     Returns:
         True if a CR or LF occurs before the end of the text.
     """
-    text = bytes(body).rstrip(b"\x00" + _WHITESPACE)
+    text = (body if type(body) is bytes else bytes(body)).rstrip(_NUL_AND_WHITESPACE)
     return b"\n" in text or b"\r" in text

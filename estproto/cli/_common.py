@@ -1,0 +1,250 @@
+"""What every ``estproto`` command shares: exit codes, errors, passwords, files, logging.
+
+Strategy: a command raises :class:`CLIError` carrying an :class:`ExitCode`
+and a one-line message; :func:`estproto.cli.main` prints the message to
+stderr and returns the code. Library exceptions are translated in one place
+per command family, so the exit codes stay the documented ones.
+
+Secrets never come from argv (another user can read a process's arguments in
+``/proc``): passwords come from the ``ESTPROTO_PASSWORD`` environment
+variable or a terminal prompt, and private keys are written with mode 0600.
+"""
+
+from __future__ import annotations
+
+import argparse
+import enum
+import getpass
+import ipaddress
+import logging
+import os
+import sys
+from pathlib import Path
+from typing import NoReturn, Sequence
+
+from cryptography import x509
+from cryptography.hazmat.primitives import serialization
+
+from ..codecs import pkcs10
+
+__all__ = [
+    "ExitCode",
+    "CLIError",
+    "Parser",
+    "PASSWORD_ENV",
+    "EXIT_CODES_HELP",
+    "read_password",
+    "read_certificates",
+    "read_private_key",
+    "write_private_key",
+    "write_output",
+    "setup_logging",
+    "parse_names",
+]
+
+#: The environment variable a password is read from (never from argv).
+PASSWORD_ENV = "ESTPROTO_PASSWORD"
+
+
+class ExitCode(enum.IntEnum):
+    """Exit statuses scripts can rely on (also listed in ``estproto --help``)."""
+
+    #: Success.
+    OK = 0
+    #: Bad arguments, unreadable input file, no password available.
+    USAGE = 1
+    #: Refused: the server answered an HTTP error (4xx/5xx, a CMC failure),
+    #: or a ``ca`` operation failed (not initialised, unknown id, already decided).
+    REFUSED = 2
+    #: TLS failure: the server is not trusted (chain, name, fingerprint) or
+    #: the handshake failed.
+    TLS = 3
+    #: The enrollment is still pending (202) after the allowed retries.
+    PENDING = 4
+    #: Authentication failed (401: credentials refused or missing).
+    AUTHENTICATION = 5
+    #: Network: cannot connect or bind, connection lost, timeout.
+    NETWORK = 6
+    #: The server's answer broke the EST protocol.
+    PROTOCOL = 7
+
+
+EXIT_CODES_HELP = """\
+exit codes:
+  0  success
+  1  usage error (bad arguments, unreadable file, no password)
+  2  refused: HTTP error from the server (4xx/5xx, CMC failure),
+     or a 'ca' operation failed (not initialised, unknown id ...)
+  3  TLS failure: server not trusted (chain, name, fingerprint)
+  4  still pending (202 Accepted) after the allowed retries
+  5  authentication failed (401)
+  6  network error (cannot connect or bind, timeout, connection lost)
+  7  protocol error in the server's answer"""
+
+
+class CLIError(Exception):
+    """A command failed; *message* goes to stderr, *code* is the exit status."""
+
+    def __init__(self, code: ExitCode, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+        self.message = message
+
+
+class Parser(argparse.ArgumentParser):
+    """argparse, but a usage error exits 1 (argparse's own default is 2,
+    which our scripts contract reserves for "the server refused")."""
+
+    def error(self, message: str) -> NoReturn:
+        self.print_usage(sys.stderr)
+        self.exit(int(ExitCode.USAGE), f"{self.prog}: error: {message}\n")
+
+
+def read_password(user: str, *, confirm: bool = False) -> str:
+    """The password for *user*: ``$ESTPROTO_PASSWORD``, else a prompt.
+
+    Args:
+        user: named in the prompt.
+        confirm: ask twice (when creating a password).
+
+    Raises:
+        CLIError: USAGE when there is no variable and no terminal to ask,
+            or the two entries differ.
+    """
+    from_env = os.environ.get(PASSWORD_ENV)
+    if from_env is not None:
+        return from_env
+    if not sys.stdin.isatty():
+        raise CLIError(ExitCode.USAGE, f"no password: set {PASSWORD_ENV} or run in a terminal")
+    try:
+        password = getpass.getpass(f"password for {user}: ")
+        if confirm and getpass.getpass("again: ") != password:
+            raise CLIError(ExitCode.USAGE, "the passwords differ")
+    except EOFError:
+        raise CLIError(ExitCode.USAGE, f"no password: set {PASSWORD_ENV}") from None
+    return password
+
+
+def _read(path: str | Path, what: str) -> bytes:
+    try:
+        return Path(path).read_bytes()
+    except OSError as exc:
+        raise CLIError(ExitCode.USAGE, f"cannot read {what} {path}: {exc.strerror or exc}") from None
+
+
+def read_certificates(path: str | Path, what: str = "certificate file") -> list[x509.Certificate]:
+    """All certificates in a PEM bundle (or one DER certificate).
+
+    Raises:
+        CLIError: USAGE when unreadable or holding no certificate.
+    """
+    data = _read(path, what)
+    try:
+        if b"-----BEGIN" in data:
+            certs = x509.load_pem_x509_certificates(data)
+        else:
+            certs = [x509.load_der_x509_certificate(data)]
+    except ValueError as exc:
+        raise CLIError(ExitCode.USAGE, f"{path}: not a certificate ({exc})") from None
+    return certs
+
+
+def read_private_key(path: str | Path) -> pkcs10.PrivateKey:
+    """An unencrypted private key, PEM or DER.
+
+    Raises:
+        CLIError: USAGE when unreadable, encrypted or of an unsupported type.
+    """
+    data = _read(path, "private key")
+    try:
+        if b"-----BEGIN" in data:
+            key = serialization.load_pem_private_key(data, password=None)
+        else:
+            key = serialization.load_der_private_key(data, password=None)
+    except (ValueError, TypeError) as exc:
+        raise CLIError(ExitCode.USAGE, f"{path}: not an unencrypted private key ({exc})") from None
+    return key  # type: ignore[return-value]
+
+
+def write_private_key(path: str | Path, key: object) -> None:
+    """Write *key* as PKCS#8 PEM with mode 0600 (created that way, never
+    world-readable even for a moment).
+
+    Raises:
+        CLIError: USAGE when the file cannot be written.
+    """
+    pem = key.private_bytes(  # type: ignore[attr-defined]
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+    )
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "wb") as f:
+            f.write(pem)
+    except OSError as exc:
+        raise CLIError(ExitCode.USAGE, f"cannot write {path}: {exc.strerror or exc}") from None
+
+
+def write_output(path: str | None, data: bytes) -> None:
+    """Write *data* to *path*, or to stdout when *path* is None or "-".
+
+    Raises:
+        CLIError: USAGE when the file cannot be written.
+    """
+    if path is None or path == "-":
+        sys.stdout.flush()
+        sys.stdout.buffer.write(data)
+        sys.stdout.buffer.flush()
+        return
+    try:
+        Path(path).write_bytes(data)
+    except OSError as exc:
+        raise CLIError(ExitCode.USAGE, f"cannot write {path}: {exc.strerror or exc}") from None
+
+
+def setup_logging(verbose: int, *, with_pid: bool = False) -> None:
+    """Log to stderr: INFO (one line per request) by default, DEBUG with -v.
+
+    Args:
+        verbose: how many ``-v`` were given.
+        with_pid: put the process id in each line (``serve --workers``).
+    """
+    pid = "[%(process)d] " if with_pid else ""
+    logging.basicConfig(
+        level=logging.DEBUG if verbose else logging.INFO,
+        format=f"%(asctime)s {pid}%(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+
+
+def parse_names(values: Sequence[str]) -> list[x509.GeneralName]:
+    """``DNS:x,IP:y,URI:z,email:w`` items (comma-separated, repeatable) as
+    subjectAltName entries.
+
+    Raises:
+        CLIError: USAGE for an unknown prefix or a bad address.
+    """
+    names: list[x509.GeneralName] = []
+    for value in values:
+        for item in value.split(","):
+            item = item.strip()
+            if not item:
+                continue
+            kind, sep, rest = item.partition(":")
+            kind = kind.lower()
+            if not sep or not rest:
+                raise CLIError(ExitCode.USAGE,
+                               f"--san {item!r}: expected DNS:name, IP:address, URI:uri or email:addr")
+            if kind == "dns":
+                names.append(x509.DNSName(rest))
+            elif kind == "ip":
+                try:
+                    names.append(x509.IPAddress(ipaddress.ip_address(rest)))
+                except ValueError:
+                    raise CLIError(ExitCode.USAGE, f"--san {item!r}: not an IP address") from None
+            elif kind == "uri":
+                names.append(x509.UniformResourceIdentifier(rest))
+            elif kind == "email":
+                names.append(x509.RFC822Name(rest))
+            else:
+                raise CLIError(ExitCode.USAGE, f"--san {item!r}: unknown type {kind!r} (DNS, IP, URI, email)")
+    return names

@@ -43,9 +43,19 @@ get a ``Date`` header. RFC 7231 section 7.1.1.2: "An origin server MUST NOT
 send a Date header field if it does not have a clock capable of providing a
 reasonable approximation of the current instance"; the caller has the clock.
 
+Cost. h11 is most of this layer's time, so we avoid work around it: between
+requests with nothing buffered, ``next_request`` answers NEED_DATA without a
+trip through h11 (h11 would say the same and change nothing); response
+headers are validated once, by us, before anything is committed, and handed
+to h11 as already parsed (``_parsed=True``, so h11 does not run the same
+regexes again); header pairs that passed validation are remembered in a small
+bounded table (servers send the same few on every response).
+
 Limitation, plainly: the head measurement reads the length of h11's private
-receive buffer (O(1)); if a future h11 renames it, we fall back to the public
-``trailing_data`` (a copy) and stay correct, just slower.
+receive buffer (O(1)), and received headers are read from h11's private
+``Headers._full_items``; if a future h11 renames either, we fall back to the
+public ``trailing_data`` (a copy) and the public Sequence interface, and stay
+correct, just slower.
 """
 
 from __future__ import annotations

@@ -48,13 +48,21 @@ comment tells the same story for the stdlib ``ssl`` module):
   :attr:`TLSState.CLOSED` and :meth:`TLSLayer.data_to_send` still returns the
   alert OpenSSL queued for the peer.
 
+Performance: the per-record path (BIO_write, SSL_read, SSL_write, BIO_read)
+calls OpenSSL through ``OpenSSL._util.lib`` directly rather than through
+pyOpenSSL's wrappers, asks the memory BIOs how full they are instead of
+reading until pyOpenSSL raises WantReadError, and leaves the classification
+of a failed call to pyOpenSSL's own ``Connection._raise_ssl_error``, so
+errors surface exactly as before. A server given only its leaf certificate
+has its chain settled once per context (:func:`_fix_server_chain`), not
+rebuilt and re-verified by OpenSSL on every handshake.
+
 Limitations, said plainly: session resumption state, SSL_session_reused and
 the host-name check live only in OpenSSL's C API, reached through
-``OpenSSL._util.lib`` (cryptography's bindings) and ``Connection._ssl``
-(the memory BIOs' fill levels, read to avoid exception-driven loops, through
-``Connection._into_ssl``/``_from_ssl``);
-a pyOpenSSL release that drops those would break this module loudly at
-import or connection time, not silently. Certificate-less (SRP) cipher suites
+``OpenSSL._util.lib`` (cryptography's bindings) and ``Connection._ssl``; the
+fast path above also uses ``Connection._into_ssl``/``_from_ssl`` and
+``Connection._raise_ssl_error``. A pyOpenSSL release that drops those would
+break this module loudly at import or connection time, not silently. Certificate-less (SRP) cipher suites
 of RFC 7030 3.3.3 are not offered.
 """
 
@@ -298,6 +306,28 @@ def _openssl_reason(exc: SSL.Error) -> str:
             if isinstance(entry, tuple) and entry and entry[-1]:
                 reasons.append(str(entry[-1]))
     return "; ".join(reasons) or type(exc).__name__
+
+
+# OpenSSL reports a received alert as reason SSL_AD_REASON_OFFSET (1000) plus
+# the alert's description; close_notify is description 0.
+_CLOSE_NOTIFY_ALERT_REASON = 1000
+
+
+def _is_fatal_close_notify(ssl: object, result: int) -> bool:
+    """True when SSL_read failed only because the peer sent close_notify at
+    the *fatal* alert level.
+
+    strongSwan's libtls does this. RFC 5246 7.2.1 makes close_notify the
+    peer closing whatever its level, but OpenSSL turns a fatal alert into an
+    error whose reason has no text; pyOpenSSL would then report a bare
+    "Error". The error queue entry is consumed here.
+    """
+    if _lib.SSL_get_error(ssl, result) != _lib.SSL_ERROR_SSL:
+        return False
+    if _lib.ERR_GET_REASON(_lib.ERR_peek_error()) != _CLOSE_NOTIFY_ALERT_REASON:
+        return False
+    _lib.ERR_clear_error()
+    return True
 
 
 def _record_and_accept(
@@ -751,6 +781,8 @@ class TLSLayer:
                 buf = _new_buffer("char[]", _CHUNK)
                 n = read(ssl, buf, _CHUNK)
                 if n <= 0:
+                    if _is_fatal_close_notify(ssl, n):
+                        raise SSL.ZeroReturnError()
                     conn._raise_ssl_error(ssl, n)
                     return  # pragma: no cover - an error is always raised
                 out.append(_ffi.buffer(buf, n)[:])

@@ -356,12 +356,6 @@ def test_certs_only_with_garbage_certificates(garbage: list[bytes], keep_good: b
 # Inputs the atheris harnesses found
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "estproto/codecs/serverkey.py:_load_traditional (lenient decode_private_key): "
-    "asn1crypto's `.native` on an ECPrivateKey whose [1] field holds an unexpected "
-    "universal type raises AttributeError ('ObjectDescriptor' object has no attribute "
-    "'native'), which the except tuple (ValueError, TypeError, KeyError, IndexError, "
-    "OverflowError, UnsupportedAlgorithm, InternalError) does not catch"))
 def test_found_lenient_private_key_attribute_error() -> None:
     data = bytes.fromhex(
         "30770201010 42c3b9f086f57c9b4a46799e5d8be364ebdafd50e404777 2e4126e8ebbde49b7629a00a06082a"
@@ -402,12 +396,6 @@ def _replay_client_finding(name: str) -> None:
     fuzz_client.make_targets()["response"]((Path(__file__).parent / "fuzz" / "findings" / name).read_bytes())
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "estproto/codecs/serverkey.py:decrypt_key_package: with verify_with=None, "
-    "`key = cert.public_key()` on a signer certificate carried in the key package's "
-    "SignedData raises ValueError('Invalid key') (or UnsupportedAlgorithm) for a key "
-    "cryptography cannot load; it escapes ClientConnection.next_event (encrypted "
-    "serverkeygen) instead of BadSignature/DecodeError (found by tests/fuzz/fuzz_client.py)"))
 def test_found_client_key_package_signer_with_invalid_key() -> None:
     _replay_client_finding("client-decrypt_key_package-invalid-signer-key.bin")
 

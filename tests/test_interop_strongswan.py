@@ -290,15 +290,6 @@ def test_202_polling_until_approved(pki: str, openssl: str, manual_server: Runni
     assert [p.id for p in issued] == [pending[0].id]
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "strongSwan's libtls sends close_notify with alert level fatal (tls_alert.c: "
-    "add(TLS_FATAL, TLS_CLOSE_NOTIFY)). OpenSSL reports a fatal-level alert as an SSL error "
-    "whose reason code is SSL_AD_REASON_OFFSET+0 = 1000, which has no reason string, so "
-    "estproto/_tls.py TLSLayer._decrypt -> _fail -> _openssl_reason yields the bare class "
-    "name and every strongSwan connection ends in the server log as 'terminated: TLS: TLS "
-    "failure: Error' after a successful exchange. A close_notify at any level is the peer "
-    "closing (RFC 5246 7.2.1), and an alert without a reason string should at least be "
-    "reported by its description code"))
 def test_strongswan_close_is_logged_as_a_close(pki: str, server: RunningServer, tmp_path: Path) -> None:
     before = len(server.log)
     proc = run([pki, "--estca", "--url", base_url(server), "--cacert", server.trust,

@@ -369,7 +369,9 @@ def _load_traditional(der: bytes) -> PrivateKey | None:
             spec.load(der, strict=True).native
             key = serialization.load_der_private_key(der, password=None)
         except (ValueError, TypeError, KeyError, IndexError, OverflowError,
-                UnsupportedAlgorithm, InternalError):
+                AttributeError, UnsupportedAlgorithm, InternalError):
+            # AttributeError: asn1crypto's .native on an unexpected universal
+            # type (found by the atheris harness).
             continue
         if isinstance(key, _KEY_TYPES):
             return key
@@ -904,7 +906,10 @@ def decrypt_key_package(
         cert = signeddata.find_signer_certificate(signed, index)
         key: object = verify_key
         if key is None and cert is not None:
-            key = cert.public_key()
+            try:
+                key = cert.public_key()
+            except (ValueError, UnsupportedAlgorithm):
+                continue  # a certificate in the message whose key cannot be loaded
         if key is None:
             continue
         try:

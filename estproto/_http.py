@@ -60,6 +60,7 @@ correct, just slower.
 
 from __future__ import annotations
 
+import abc
 import enum
 import re
 from dataclasses import dataclass
@@ -392,7 +393,7 @@ def _unparsed_size(conn: h11.Connection) -> int:
 _HeadEvent = Union[h11.Request, h11.Response]
 
 
-class _Reader:
+class _Reader(abc.ABC):
     """Drives one h11 connection's input side: whole messages, our limits.
 
     Subclass hooks (``_on_head``) add the role-specific checks.
@@ -438,8 +439,9 @@ class _Reader:
         if self._error is not None:
             raise RemoteProtocolError(str(self._error), self._error.error_status_hint)
 
-    def _on_head(self, event: _HeadEvent) -> None:  # pragma: no cover - overridden
-        raise NotImplementedError
+    @abc.abstractmethod
+    def _on_head(self, event: _HeadEvent) -> None:
+        """Role-specific checks of a request or response head."""
 
     def _check_content_length(self, event: _HeadEvent) -> None:
         # h11 already rejected malformed or conflicting values.

@@ -352,6 +352,25 @@ def test_manual_approval_flow(ca_dir: Path, key: Any) -> None:
             ca.approve(other.id)
 
 
+def test_pending_request_survives_a_restart(tmp_path: Path, key: Any) -> None:
+    # Issue 6: pending (202) requests live in the store, not in memory.
+    data = tmp_path / "data"
+    settings = CASettings(manual_approval=True, retry_after=5)
+    with EmbeddedCA.init(data, hostnames=("127.0.0.1",), settings=settings) as ca:
+        ca.add_user("alice", "secret")
+        csr = make_csr(key, "restart", ("restart.example",))
+        assert isinstance(ca.handler()(enroll(csr)), RetryLater)
+    with EmbeddedCA.open(data, settings=settings) as ca:  # the "restarted" server
+        pending = ca.list_pending()
+        assert [p.requester for p in pending] == ["user:alice"]
+        ca.approve(pending[0].id)
+        issued = ca.handler()(enroll(csr))
+        assert isinstance(issued, CertificateResponse)
+        assert issued.certificate.public_key().public_bytes(
+            serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
+        ) == csr.public_key_der
+
+
 # ---------------------------------------------------------------------------
 # serverkeygen and fullcmc
 

@@ -12,9 +12,20 @@ servers as well as correct ones, all real servers on loopback with real TLS:
   fails, and nothing else;
 * skips PoP verification while advertising it (EST layer ``PoPPolicy.OFF``,
   CA ``REQUIRE``): ``pop.wrong-binding`` fails;
-* two hand-written stdlib ``ssl`` servers: one that frames responses by
-  closing (no Content-Length), one that speaks HTTP/1.0 and answers 500 to
-  everything but /cacerts.
+* refuses the CSRs its csrattrs asks for (PoP required, but the handler
+  answers 400 to any CSR with a challengePassword): ``pop.linked`` fails;
+* renews anything (no client certificate asked for, re-enrollment allowed
+  without one, and the handler issues a renewal like an enrollment):
+  ``reenroll.subject-mismatch`` fails;
+* hand-written stdlib ``ssl`` servers: one that frames responses by closing
+  (no Content-Length), one that speaks HTTP/1.0 and answers 500 to
+  everything but /cacerts, one labelling /cacerts text/plain
+  (``cacerts.response``), one sending a CSR as /cacerts and /csrattrs
+  bodies under the right media types (``cacerts.decode``,
+  ``csrattrs.decode``), and one keeping connections open that answers 500
+  to a connection's second request (``http.keep-alive``).
+
+Together these make every check FAIL somewhere.
 
 Servers are module-scoped and each runs in its own thread (``trio.run`` for
 estproto, ``socketserver`` threads for the raw ones); the suite itself runs
@@ -96,6 +107,25 @@ class TrioServer:
         assert not self._thread.is_alive(), "server did not stop"
 
 
+def _read_request(conn: ssl.SSLSocket) -> str | None:
+    """Read one request (head and Content-Length body); its target, or None at EOF."""
+    data = b""
+    while b"\r\n\r\n" not in data:
+        chunk = conn.recv(65536)
+        if not chunk:
+            return None
+        data += chunk
+    head, body = data.split(b"\r\n\r\n", 1)
+    match = re.search(rb"(?i)\r\ncontent-length:\s*(\d+)", head)
+    length = int(match.group(1)) if match else 0
+    while len(body) < length:  # read it all: no reset before our answer
+        chunk = conn.recv(65536)
+        if not chunk:
+            break
+        body += chunk
+    return head.split(b" ")[1].decode("latin-1")
+
+
 class _RawHandler(socketserver.BaseRequestHandler):
     server: RawServer
 
@@ -103,21 +133,14 @@ class _RawHandler(socketserver.BaseRequestHandler):
         conn: ssl.SSLSocket = self.request
         conn.settimeout(5)
         try:
-            data = b""
-            while b"\r\n\r\n" not in data:
-                chunk = conn.recv(65536)
-                if not chunk:
-                    return
-                data += chunk
-            head, body = data.split(b"\r\n\r\n", 1)
-            match = re.search(rb"(?i)\r\ncontent-length:\s*(\d+)", head)
-            length = int(match.group(1)) if match else 0
-            while len(body) < length:  # read it all: no reset before our answer
-                chunk = conn.recv(65536)
-                if not chunk:
-                    break
-                body += chunk
-            conn.sendall(self.server.answer(head.split(b" ")[1].decode("latin-1")))
+            target = _read_request(conn)
+            if target is None:
+                return
+            conn.sendall(self.server.answer(target))
+            reuse = self.server.on_reuse
+            # Claiming keep-alive, the connection's next request gets *reuse*.
+            if reuse is not None and _read_request(conn) is not None:
+                conn.sendall(reuse)
             conn.unwrap()
         except (OSError, ValueError):
             pass
@@ -131,16 +154,26 @@ class RawServer(socketserver.ThreadingTCPServer):
         version: the status line's HTTP version.
         content_length: send Content-Length (else frame by closing).
         other_status: the answer to everything but /cacerts.
+        answers: hand-written ``(status line, Content-Type, body)`` by the
+            last path segment, e.g. ``{"cacerts": ("200 OK", "text/plain", b"")}``.
+        on_reuse: None: close after each answer (``Connection: close``);
+            else keep the connection open and answer its second request with
+            these bytes.
     """
 
     daemon_threads = True
     allow_reuse_address = True
 
-    def __init__(self, ca: EmbeddedCA, *, version: str, content_length: bool, other_status: int) -> None:
+    def __init__(
+        self, ca: EmbeddedCA, *, version: str = "1.1", content_length: bool = True,
+        other_status: int = 404, answers: dict[str, tuple[str, str, bytes]] | None = None,
+        on_reuse: bytes | None = None,
+    ) -> None:
         super().__init__(("127.0.0.1", 0), _RawHandler)
         self.context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
         self.context.load_cert_chain(ca.data_dir / "server.pem", ca.data_dir / "server.key")
         self.version, self.content_length, self.other_status = version, content_length, other_status
+        self.answers, self.on_reuse = answers or {}, on_reuse
         self.cacerts = transfer.encode_base64(pkcs7.encode_certs_only(ca.ca_certificates))
         self.port = self.server_address[1]
         self._thread = threading.Thread(target=self.serve_forever, daemon=True)
@@ -155,11 +188,16 @@ class RawServer(socketserver.ThreadingTCPServer):
             raise
 
     def answer(self, target: str) -> bytes:
-        if target.endswith("/cacerts"):
+        op = target.rsplit("/", 1)[-1]
+        if op in self.answers:
+            status, ctype, body = self.answers[op]
+        elif op == "cacerts":
             status, ctype, body = "200 OK", "application/pkcs7-mime", self.cacerts
         else:
             status, ctype, body = f"{self.other_status} Broken", "text/plain", b"broken server\n"
-        head = f"HTTP/{self.version} {status}\r\nContent-Type: {ctype}\r\nConnection: close\r\n"
+        head = f"HTTP/{self.version} {status}\r\nContent-Type: {ctype}\r\n"
+        if self.on_reuse is None:
+            head += "Connection: close\r\n"
         if self.content_length:
             head += f"Content-Length: {len(body)}\r\n"
         return head.encode("ascii") + b"\r\n" + body
@@ -270,6 +308,98 @@ def no_length(plain_ca: EmbeddedCA) -> Iterator[RawServer]:
 @pytest.fixture(scope="module")
 def http10_500(plain_ca: EmbeddedCA) -> Iterator[RawServer]:
     with RawServer(plain_ca, version="1.0", content_length=True, other_status=500) as server:
+        yield server
+
+
+def _csr_b64() -> bytes:
+    """Base64 of a CSR: well-formed DER that is neither PKCS#7 nor CsrAttrs."""
+    key = ec.generate_private_key(ec.SECP256R1())
+    csr = pkcs10.build_csr(key, x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "not-a-ca")]))
+    return transfer.encode_base64(csr)
+
+
+@pytest.fixture(scope="module")
+def cacerts_as_text(plain_ca: EmbeddedCA) -> Iterator[RawServer]:
+    # The right certificates, labelled text/plain.
+    cacerts = transfer.encode_base64(pkcs7.encode_certs_only(plain_ca.ca_certificates))
+    with RawServer(plain_ca, answers={"cacerts": ("200 OK", "text/plain", cacerts)}) as server:
+        yield server
+
+
+@pytest.fixture(scope="module")
+def wrong_bodies(plain_ca: EmbeddedCA) -> Iterator[RawServer]:
+    # The right media types around a CSR instead of certs-only / CsrAttrs.
+    body = _csr_b64()
+    answers = {"cacerts": ("200 OK", "application/pkcs7-mime", body),
+               "csrattrs": ("200 OK", "application/csrattrs", body)}
+    with RawServer(plain_ca, answers=answers) as server:
+        yield server
+
+
+@pytest.fixture(scope="module")
+def breaks_on_reuse(plain_ca: EmbeddedCA) -> Iterator[RawServer]:
+    # Keeps the connection open (no Connection: close), then fails its
+    # second request. (Not garbage bytes: the client takes a reused
+    # connection failing with a protocol error for a stale one and silently
+    # reconnects, so the suite would see only fresh connections.)
+    reason = b"connection reuse broke\n"
+    on_reuse = (b"HTTP/1.1 500 Internal Server Error\r\nContent-Type: text/plain\r\n"
+                b"Content-Length: %d\r\n\r\n%s" % (len(reason), reason))
+    with RawServer(plain_ca, on_reuse=on_reuse) as server:
+        yield server
+
+
+def _refuses_linked_handler(ca: EmbeddedCA) -> Any:
+    """The CA's handler refusing every CSR carrying a challengePassword:
+    the very CSRs its own csrattrs (challengePassword, PoP required) asks for."""
+    inner = ca.handler()
+
+    def handle(request: estproto.ServerRequest) -> estproto.ServerResponse:
+        if isinstance(request, estproto.SimpleEnrollRequest) and request.csr.challenge_password is not None:
+            return estproto.ErrorResponse(400, "challengePassword attribute not supported")
+        return inner(request)
+
+    return handle
+
+
+@pytest.fixture(scope="module")
+def refuses_linked(pop_ca: EmbeddedCA) -> Iterator[TrioServer]:
+    # The EST layer still requires and verifies the binding (a wrong one is
+    # refused before the handler); the handler then refuses the right one.
+    config = estproto.ServerConfig(tls=pop_ca.server_tls_context(), est=pop_ca.est_settings())
+    with TrioServer(_refuses_linked_handler(pop_ca), config) as server:
+        yield server
+
+
+def _renews_anything_handler(ca: EmbeddedCA) -> Any:
+    """The CA's handler issuing every renewal as a new enrollment of the
+    authenticated user, whatever the subject (no certificate to compare)."""
+    inner = ca.handler()
+
+    def handle(request: estproto.ServerRequest) -> estproto.ServerResponse:
+        if isinstance(request, estproto.SimpleReenrollRequest):
+            decision = ca.authorize(request)  # the user's password, as for enrollment
+            if isinstance(decision, estproto.ServerResponse):
+                return decision
+            return ca.enroll(estproto.SimpleEnrollRequest(
+                label=request.label, credentials=request.credentials, facts=request.facts,
+                is_ra=request.is_ra, user_agent=request.user_agent, target=request.target,
+                csr=request.csr, pop_linked=request.pop_linked), decision)
+        return inner(request)
+
+    return handle
+
+
+@pytest.fixture(scope="module")
+def renews_anything(plain_ca: EmbeddedCA) -> Iterator[TrioServer]:
+    # Never asks for a client certificate and lets /simplereenroll through
+    # without one, so the EST layer has no certificate to hold the CSR to.
+    key = serialization.load_pem_private_key((plain_ca.data_dir / "server.key").read_bytes(), None)
+    tls = estproto.ServerTLSContext([plain_ca.server_certificate], key,  # type: ignore[arg-type]
+                                    request_client_certificate=False)
+    config = estproto.ServerConfig(
+        tls=tls, est=plain_ca.est_settings(reenroll_requires_certificate=False))
+    with TrioServer(_renews_anything_handler(plain_ca), config) as server:
         yield server
 
 
@@ -430,6 +560,62 @@ def test_http10_500_server_fails_status_line_and_errors(
     # Content-Length is there and the connection-per-request server still
     # answers all 20 requests.
     assert {"http.content-length", "http.keep-alive"} <= report.having("PASS"), report.out
+    assert report.code == 1
+
+
+def test_cacerts_as_text_server_fails_cacerts_response(
+    capsys: pytest.CaptureFixture[str], cacerts_as_text: RawServer, plain_ca: EmbeddedCA,
+) -> None:
+    report = run_suite(capsys, plain_ca, cacerts_as_text.port, "--only", "cacerts")
+    assert report.having("FAIL") == {"cacerts.response"}, report.out
+    assert "'text/plain'" in report.lines["cacerts.response"][2]
+    # The body itself is a good certs-only PKCS#7.
+    assert report.lines["cacerts.decode"][0] == "PASS", report.out
+    assert report.code == 1
+
+
+def test_wrong_bodies_server_fails_cacerts_and_csrattrs_decode(
+    capsys: pytest.CaptureFixture[str], wrong_bodies: RawServer, plain_ca: EmbeddedCA,
+) -> None:
+    report = run_suite(capsys, plain_ca, wrong_bodies.port, "--only", "cacerts", "csrattrs")
+    assert report.having("FAIL") == {"cacerts.decode", "csrattrs.decode"}, report.out
+    assert "not a certs-only PKCS#7" in report.lines["cacerts.decode"][2]
+    assert "not a CsrAttrs SEQUENCE" in report.lines["csrattrs.decode"][2]
+    # Status and media types are right; only the contents are wrong.
+    assert report.having("PASS") == {"cacerts.response", "csrattrs.response"}, report.out
+    assert report.code == 1
+
+
+def test_breaks_on_reuse_server_fails_keep_alive(
+    capsys: pytest.CaptureFixture[str], breaks_on_reuse: RawServer, plain_ca: EmbeddedCA,
+) -> None:
+    report = run_suite(capsys, plain_ca, breaks_on_reuse.port, "--only", "http", "cacerts")
+    assert report.having("FAIL") == {"http.keep-alive"}, report.out
+    assert "request 2 answered 500" in report.lines["http.keep-alive"][2]
+    # One request per connection is answered correctly.
+    assert {"http.status-line", "http.content-length", "cacerts.response",
+            "cacerts.decode"} <= report.having("PASS"), report.out
+    assert report.code == 1
+
+
+def test_refusing_linked_csrs_server_fails_pop_linked(
+    capsys: pytest.CaptureFixture[str], refuses_linked: TrioServer, pop_ca: EmbeddedCA,
+) -> None:
+    report = run_suite(capsys, pop_ca, refuses_linked.port, "--only", "pop")
+    assert report.having("FAIL") == {"pop.linked"}, report.out
+    assert "challengePassword attribute not supported" in report.lines["pop.linked"][2]
+    # A wrong binding is still refused (by the EST layer, before the handler).
+    assert report.lines["pop.wrong-binding"][0] == "PASS", report.out
+    assert report.code == 1
+
+
+def test_renews_anything_server_fails_subject_mismatch(
+    capsys: pytest.CaptureFixture[str], renews_anything: TrioServer, plain_ca: EmbeddedCA,
+) -> None:
+    report = run_suite(capsys, plain_ca, renews_anything.port, "--only", "reenroll")
+    assert report.having("FAIL") == {"reenroll.subject-mismatch"}, report.out
+    assert "different subject was issued" in report.lines["reenroll.subject-mismatch"][2]
+    assert report.lines["reenroll.renew"][0] == "PASS", report.out
     assert report.code == 1
 
 

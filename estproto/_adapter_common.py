@@ -37,7 +37,8 @@ from typing import Any, Awaitable, Callable, Protocol, TypeVar, Union
 from cryptography import x509
 
 from ._config import HANDSHAKE_TIMEOUT, REQUEST_TIMEOUT, ClientConfig
-from ._errors import DecodeError, LocalProtocolError, RemoteProtocolError
+from ._errors import LocalProtocolError, RemoteProtocolError
+from ._http import ClosedBeforeResponse
 from ._est_server import RequestRejected
 from ._events import (
     NEED_DATA,
@@ -535,9 +536,11 @@ class ClientBase(abc.ABC):
                 return await self._until_result(conn, stream)
             except (OSError, RemoteProtocolError) as exc:
                 await self._retire()
-                # Retry only when the server may never have seen the request
-                # (EOF or reset); a response that failed to decode arrived.
-                if not reused or isinstance(exc, (TimeoutError, DecodeError)):
+                # Retry only when the server may never have seen the request:
+                # the connection was reset, or closed before any byte of a
+                # response. Anything else (a malformed response, a timeout)
+                # is the server's answer and is reported.
+                if not reused or not isinstance(exc, (ConnectionError, ClosedBeforeResponse)):
                     raise
                 self._log.debug("kept-alive connection failed (%s); reconnecting", exc)
 

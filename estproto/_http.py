@@ -83,6 +83,7 @@ __all__ = [
     "NeedData",
     "NEED_DATA",
     "ConnectionClosed",
+    "ClosedBeforeResponse",
     "HTTPServer",
     "HTTPClient",
     "http_date",
@@ -333,6 +334,13 @@ def _new_request(method: str, target: str, headers: Headers, body: bytes, versio
     _setattr(obj, "body", body)
     _setattr(obj, "http_version", version)
     return obj
+
+
+class ClosedBeforeResponse(RemoteProtocolError):
+    """The server closed the connection cleanly before sending any byte of
+    the response. On a reused keep-alive connection this is the race RFC 9112
+    section 9.3 describes (the server closed an idle connection as the request
+    went out), so a client may resend the request on a new connection."""
 
 
 class NeedData(enum.Enum):
@@ -893,6 +901,7 @@ class HTTPClient(_Reader):
         super().__init__(h11.CLIENT, limits)
         self._host = host
         self._method: str | None = None  # of the outstanding request
+        self._fed_at_request = 0  # bytes received when it was sent
 
     @property
     def keep_alive(self) -> bool:
@@ -964,6 +973,7 @@ class HTTPClient(_Reader):
         except h11.LocalProtocolError as exc:  # pragma: no cover - validated above
             raise LocalProtocolError(f"cannot send request: {exc}") from None
         self._method = method
+        self._fed_at_request = self._fed
         return out
 
     def _on_head(self, event: _HeadEvent) -> None:
@@ -987,13 +997,21 @@ class HTTPClient(_Reader):
         """
         if self._method is None:
             raise LocalProtocolError("no request is outstanding")
-        result = self._read_message()
+        try:
+            result = self._read_message()
+        except RemoteProtocolError:
+            if self._eof and self._fed == self._fed_at_request:
+                # EOF before any byte of the response: h11 calls that a
+                # protocol error; for the caller it is the keep-alive race.
+                self._error = None
+                raise self._fail(
+                    ClosedBeforeResponse("server closed the connection without responding")
+                ) from None
+            raise
         if result is NEED_DATA:
             return NEED_DATA
         if isinstance(result, ConnectionClosed):
-            raise self._fail(
-                RemoteProtocolError("server closed the connection without responding")
-            )
+            raise self._fail(ClosedBeforeResponse("server closed the connection without responding"))
         head, body = result
         assert isinstance(head, h11.Response)
         response: Response = _unchecked(

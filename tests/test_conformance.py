@@ -339,13 +339,20 @@ def wrong_bodies(plain_ca: EmbeddedCA) -> Iterator[RawServer]:
 @pytest.fixture(scope="module")
 def breaks_on_reuse(plain_ca: EmbeddedCA) -> Iterator[RawServer]:
     # Keeps the connection open (no Connection: close), then fails its
-    # second request. (Not garbage bytes: the client takes a reused
-    # connection failing with a protocol error for a stale one and silently
-    # reconnects, so the suite would see only fresh connections.)
+    # second request with a 500.
     reason = b"connection reuse broke\n"
     on_reuse = (b"HTTP/1.1 500 Internal Server Error\r\nContent-Type: text/plain\r\n"
                 b"Content-Length: %d\r\n\r\n%s" % (len(reason), reason))
     with RawServer(plain_ca, on_reuse=on_reuse) as server:
+        yield server
+
+
+@pytest.fixture(scope="module")
+def garbage_on_reuse(plain_ca: EmbeddedCA) -> Iterator[RawServer]:
+    # Keeps the connection open, then answers its second request with bytes
+    # that are not HTTP. The client must report that, not silently reconnect
+    # (it resends only when a reused connection closed before any response).
+    with RawServer(plain_ca, on_reuse=b"this is not an HTTP response\r\n\r\n") as server:
         yield server
 
 
@@ -595,6 +602,14 @@ def test_breaks_on_reuse_server_fails_keep_alive(
     # One request per connection is answered correctly.
     assert {"http.status-line", "http.content-length", "cacerts.response",
             "cacerts.decode"} <= report.having("PASS"), report.out
+    assert report.code == 1
+
+
+def test_garbage_on_reuse_server_fails_keep_alive(
+    capsys: pytest.CaptureFixture[str], garbage_on_reuse: RawServer, plain_ca: EmbeddedCA,
+) -> None:
+    report = run_suite(capsys, plain_ca, garbage_on_reuse.port, "--only", "http")
+    assert "http.keep-alive" in report.having("FAIL"), report.out
     assert report.code == 1
 
 

@@ -711,6 +711,26 @@ class ClientBase(abc.ABC):
         ))
         return self._expect(result, ServerKeyReceived)
 
+    async def serverkeygen_linked(
+        self,
+        key: pkcs10.PrivateKey,
+        subject: x509.Name,
+        *,
+        kek: bytes | None = None,
+        kek_id: bytes | None = None,
+        decryption_key: pkcs10.PrivateKey | None = None,
+        **csr_kwargs: Any,
+    ) -> ServerKeyReceived:
+        """:meth:`serverkeygen` with a CSR linked to the TLS connection
+        (RFC 7030 3.5), rebuilt on every new connection like
+        :meth:`simpleenroll_linked`. *key* only signs the CSR: the server
+        ignores its public key (4.4.1)."""
+        csr = self._linked(key, subject, csr_kwargs)
+        result = await self._run(lambda conn: ServerKeygen(
+            csr=csr(conn), kek=kek, kek_id=kek_id, decryption_key=decryption_key, label=self.label,
+        ))
+        return self._expect(result, ServerKeyReceived)
+
     async def fullcmc(self, request_der: bytes) -> FullCMCReceived:
         """POST /fullcmc (RFC 7030 4.3) with a DER Full PKI Request.
 

@@ -315,6 +315,10 @@ def test_serverkeygen_csrattrs_fullcmc(served: Served) -> None:
         ops = {r.serial: r.operation for r in ca.list_issued()}
     assert ops[format(skg.serial_number, "x")] == "serverkeygen"
     assert ops[format(cmc_cert.serial_number, "x")] == "fullcmc"
+    with EmbeddedCA.open(served.dir) as ca:
+        record = ca.store.get_issued(format(skg.serial_number, "x"))
+    # serverkeygen links its CSR to the TLS channel too (so --pop require works).
+    assert record is not None and pkcs10.decode_csr(record.request_der, verify=False).challenge_password
 
 
 def test_exit_codes(served: Served, tmp_path: Path) -> None:

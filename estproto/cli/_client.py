@@ -415,17 +415,22 @@ def _cmd_serverkeygen(args: argparse.Namespace) -> int:
     session = _Session(args)
     if not args.key_out:
         raise CLIError(ExitCode.USAGE, "give --key-out FILE: where to save the key the server generates")
-    if args.csr:
-        csr_der = _read_csr(args.csr)
-    else:
-        # RFC 7030 4.4.1: the server "MUST ignore the public key values and
-        # signature in the CSR"; our throwaway key only says which type we want.
-        csr_der = pkcs10.build_csr(new_key(args.key_type or "p256"), _subject(args),
-                                   subject_alt_names=parse_names(args.san or ()))
+    csr_der: bytes | None = _read_csr(args.csr) if args.csr else None
+    # RFC 7030 4.4.1: the server "MUST ignore the public key values and
+    # signature in the CSR"; our throwaway key only says which type we want.
+    throwaway = new_key(args.key_type or "p256")
+    subject = _subject(args)
+    sans = parse_names(args.san or ())
 
     async def run() -> int:
         async with await session.client() as client:
-            result = await client.serverkeygen(csr_der)
+            if csr_der is not None:
+                result = await client.serverkeygen(csr_der)
+            elif args.pop:
+                result = await client.serverkeygen_linked(throwaway, subject, subject_alt_names=sans)
+            else:
+                result = await client.serverkeygen(
+                    pkcs10.build_csr(throwaway, subject, subject_alt_names=sans))
         if result.private_key is None:
             raise CLIError(ExitCode.PROTOCOL, "the server sent an encrypted key we cannot open")
         if _spki(result.private_key.public_key()) != _spki(result.certificate.public_key()):
@@ -612,7 +617,7 @@ def add_parsers(commands: Any, formatter: type[argparse.HelpFormatter]) -> None:
         "--subject CN=device-3 --key-out device3.key --out device3.pem",
     ])
     _common(p, credentials=True)
-    _csr_options(p, pop=False, key_out_help="where to save the key the server generated (required)")
+    _csr_options(p, key_out_help="where to save the key the server generated (required)")
     _retry_options(p)
     p.set_defaults(func=_cmd_serverkeygen)
 

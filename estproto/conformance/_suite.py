@@ -233,6 +233,13 @@ def _media_is(response: RawResponseReceived, expected: mediatype.MediaType) -> b
         return False
 
 
+def _require_media(response: RawResponseReceived, expected: mediatype.MediaType) -> None:
+    """Fail the check unless *response* carries the *expected* media type."""
+    if not _media_is(response, expected):
+        raise CheckFailed(f"Content-Type {_header(response, 'content-type')!r}, "
+                          f"expected {mediatype.format_media_type(expected)}")
+
+
 def _decode_b64(response: RawResponseReceived, what: str) -> bytes:
     try:
         return transfer.decode_base64(response.body)
@@ -546,9 +553,7 @@ async def _cacerts_response(s: Suite) -> str:
     response = await s.cacerts()
     if response.status != 200:
         raise CheckFailed(f"expected 200, got {_seen(response)}")
-    if not _media_is(response, mediatype.PKCS7_MIME):
-        raise CheckFailed(f"Content-Type {_header(response, 'content-type')!r}, "
-                          "expected application/pkcs7-mime")
+    _require_media(response, mediatype.PKCS7_MIME)
     return _seen(response)
 
 
@@ -571,9 +576,7 @@ async def _csrattrs_response(s: Suite) -> str:
         return f"{response.status}: no CSR attributes"
     if response.status != 200:
         raise CheckFailed(f"expected 200, 204 or 404, got {_seen(response)}")
-    if not _media_is(response, mediatype.CSRATTRS):
-        raise CheckFailed(f"Content-Type {_header(response, 'content-type')!r}, "
-                          "expected application/csrattrs")
+    _require_media(response, mediatype.CSRATTRS)
     return _seen(response)
 
 
@@ -600,9 +603,7 @@ async def _enroll_response(s: Suite) -> str:
     # application/pkcs7-mime" ... "an smime-type parameter certs-only".
     if response.status != 200:
         raise CheckFailed(f"expected 200, got {_seen(response)}")
-    if not _media_is(response, mediatype.CERTS_ONLY):
-        raise CheckFailed(f"Content-Type {_header(response, 'content-type')!r}, "
-                          "expected application/pkcs7-mime; smime-type=certs-only")
+    _require_media(response, mediatype.CERTS_ONLY)
     ctype = _header(response, "content-type") or ""
     note = "" if "certs-only" in ctype.lower() else " (smime-type parameter missing)"
     return _seen(response) + note
@@ -872,8 +873,7 @@ async def _keygen_response(s: Suite) -> str:
         raise CheckSkipped(f"not implemented ({response.status})")
     if response.status != 200:
         raise CheckFailed(f"expected 200, got {_seen(response)}")
-    if not _media_is(response, mediatype.MULTIPART_MIXED):
-        raise CheckFailed(f"Content-Type {_header(response, 'content-type')!r}, expected multipart/mixed")
+    _require_media(response, mediatype.MULTIPART_MIXED)
     try:
         parts = multipart.decode_serverkeygen_response(
             response.body, _header(response, "content-type") or "")

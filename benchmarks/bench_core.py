@@ -40,12 +40,27 @@ The crypto floor, measured in the same run with the same keys:
 enrollment floor; new connection: enrollment + handshake floor). Targets from
 issue 3: keep-alive <= 2.0, new connection <= 1.5.
 
+The reference stack, measured in the same run against the same client: the
+least a server built on the same libraries does for the same enrollment,
+and nothing else (:class:`ReferenceServer`: pyOpenSSL memory BIOs through
+their public API, h11, the Basic header compared with ``hmac.compare_digest``,
+``x509.load_der_x509_csr`` + signature check, the same certificate signing,
+cryptography's PKCS#7 serialiser, base64, close_notify). No EST path or
+media-type rules, no limits or deadlines, no channel binding, no events.
+Its own ratio to the floor shows what HTTP/1.1 and TLS through these
+libraries cost in Python before any EST logic; ``estproto / reference``
+shows what estproto adds on top.
+
 Method: repetition counts are calibrated so that each measurement spends
-about 0.3 s of server time (``--target``); three rounds (``--rounds``), best
-kept, because the machine is shared and the best round is the least
-disturbed. Within a round the measurements (floors and estproto) run in
-interleaved slices, so a change in load hits both sides of a ratio alike. ``--quick`` does a
-tiny single-round smoke run.
+about 0.3 s of server time (``--target``) per round, in three rounds
+(``--rounds``). Within a round every measurement is cut into six slices and
+the slices of all measurements run in turn (floor, estproto, reference,
+floor, ...), so a change in load hits every side of a ratio alike. Each
+measurement keeps its cheapest slice (per operation) over all rounds: the
+machine is shared, and the least disturbed slice is the closest to the
+code's own cost (the same rule ``timeit`` recommends), applied to floors,
+estproto and the reference alike. ``--quick`` does a tiny single-round smoke
+run.
 
 Settings that differ from the defaults, and why: the per-connection request
 limit (``HTTPLimits.max_requests_per_connection``, default 1000) is raised so
@@ -59,17 +74,21 @@ The last line is machine-readable::
 from __future__ import annotations
 
 import argparse
+import base64
 import datetime
+import hmac
 import ipaddress
 import os
 import sys
 import time
 from dataclasses import dataclass
-from typing import Callable
+from typing import Callable, Protocol
 
+import h11
 from cryptography import x509
-from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.hazmat.primitives.serialization import pkcs7
 from cryptography.x509.oid import NameOID
 from OpenSSL import SSL
 
@@ -164,7 +183,19 @@ class PKI:
         ]
 
 
-# -- the server application -------------------------------------------------
+# -- estproto's server ------------------------------------------------------
+
+
+class Server(Protocol):
+    """What a scenario drives: one server connection and its application."""
+
+    @property
+    def closed(self) -> bool: ...
+
+    def step(self, data: bytes) -> bytes:
+        """Everything a server event loop does for one read: the timed unit."""
+
+    def data_to_send(self) -> bytes: ...
 
 
 class Application:
@@ -188,20 +219,134 @@ class Application:
         server.send(CertificateResponse(cert))
 
 
-def server_step(server: ServerConnection, data: bytes, app: Application) -> bytes:
-    """Everything a server event loop does for one read: the timed unit."""
-    server.receive_data(data)
-    while True:
-        event = server.next_event()
-        if event is NEED_DATA or event is PAUSED:
-            break
-        if isinstance(event, SimpleEnrollRequest):
-            app.answer(server, event)
-        elif isinstance(event, ConnectionClosed):
-            break
-        else:
-            raise RuntimeError(f"unexpected server event {event!r}")
-    return server.data_to_send()
+class EstprotoServer:
+    """A :class:`ServerConnection` with the application answering it."""
+
+    def __init__(self, config: ServerConfig, app: Application) -> None:
+        self.conn = ServerConnection(config)
+        self.app = app
+
+    @property
+    def closed(self) -> bool:
+        return self.conn.closed
+
+    def step(self, data: bytes) -> bytes:
+        server = self.conn
+        server.receive_data(data)
+        while True:
+            event = server.next_event()
+            if event is NEED_DATA or event is PAUSED:
+                break
+            if isinstance(event, SimpleEnrollRequest):
+                self.app.answer(server, event)
+            elif isinstance(event, ConnectionClosed):
+                break
+            else:
+                raise RuntimeError(f"unexpected server event {event!r}")
+        return server.data_to_send()
+
+    def data_to_send(self) -> bytes:
+        return self.conn.data_to_send()
+
+
+# -- the reference stack -------------------------------------------------------
+
+
+def bare_server_context(pki: PKI, version: str) -> SSL.Context:
+    """A pyOpenSSL server context configured as ServerTLSContext configures its own."""
+    proto = SSL.TLS1_2_VERSION if version == "1.2" else SSL.TLS1_3_VERSION
+    ctx = SSL.Context(SSL.TLS_SERVER_METHOD)
+    ctx.set_min_proto_version(proto)
+    ctx.set_max_proto_version(proto)
+    ctx.use_certificate(pki.tls_cert)
+    ctx.use_privatekey(pki.tls_key)
+    # Ask for (never require) a client certificate, as an EST server must
+    # be able to (RFC 7030 3.3.2) and ServerTLSContext does by default.
+    ctx.set_verify(SSL.VERIFY_PEER, lambda *args: True)
+    ctx.add_client_ca(pki.ca_cert)
+    ctx.set_session_id(b"bench")
+    return ctx
+
+
+_EXPECTED_AUTHORIZATION = b"Basic " + base64.b64encode(f"{USERNAME}:{PASSWORD}".encode())
+_REFERENCE_HEADERS = [
+    (b"Content-Type", b"application/pkcs7-mime; smime-type=certs-only"),
+    (b"Content-Transfer-Encoding", b"base64"),
+]
+
+
+class ReferenceServer:
+    """The same enrollment on the same libraries with nothing but the work.
+
+    Not an EST server: it answers every complete request as a
+    /simpleenroll with a valid CSR and never checks anything an attacker
+    could get wrong. It exists to show the cost of the libraries alone.
+    """
+
+    def __init__(self, ctx: SSL.Context, pki: PKI) -> None:
+        self.tls = SSL.Connection(ctx, None)
+        self.tls.set_accept_state()
+        self.http = h11.Connection(h11.SERVER)
+        self.pki = pki
+        self.handshake_done = False
+        self.closed = False
+        self._authorization = b""
+        self._body: list[bytes] = []
+
+    def step(self, data: bytes) -> bytes:
+        tls = self.tls
+        tls.bio_write(data)
+        if not self.handshake_done:
+            try:
+                tls.do_handshake()
+            except SSL.WantReadError:
+                return self.data_to_send()
+            self.handshake_done = True
+        try:
+            while True:
+                self.http.receive_data(tls.recv(65536))
+        except SSL.WantReadError:
+            pass
+        except SSL.ZeroReturnError:  # the client's close_notify: answer it
+            tls.shutdown()
+            self.closed = True
+            return self.data_to_send()
+        while True:
+            event = self.http.next_event()
+            if isinstance(event, h11.Request):
+                self._authorization = dict(event.headers).get(b"authorization", b"")
+            elif isinstance(event, h11.Data):
+                self._body.append(event.data)
+            elif isinstance(event, h11.EndOfMessage):
+                tls.sendall(self._answer(b"".join(self._body)))
+                self._body = []
+                self.http.start_next_cycle()
+            else:
+                break
+        return self.data_to_send()
+
+    def _answer(self, body: bytes) -> bytes:
+        if not hmac.compare_digest(self._authorization, _EXPECTED_AUTHORIZATION):
+            raise RuntimeError("reference server: wrong credentials")
+        csr = x509.load_der_x509_csr(base64.b64decode(body))
+        if not csr.is_signature_valid:
+            raise RuntimeError("reference server: bad CSR")
+        pki = self.pki
+        cert = issue(pki.ca_cert, pki.ca_key, csr.subject, csr.public_key())
+        reply = base64.b64encode(pkcs7.serialize_certificates([cert], serialization.Encoding.DER))
+        headers = [*_REFERENCE_HEADERS, (b"Content-Length", str(len(reply)).encode())]
+        http = self.http
+        return (
+            http.send(h11.Response(status_code=200, headers=headers))
+            + http.send(h11.Data(data=reply))
+            + http.send(h11.EndOfMessage())
+        )
+
+    def data_to_send(self) -> bytes:
+        return _drain(self.tls)
+
+
+# -- metering -------------------------------------------------------------------
 
 
 @dataclass
@@ -211,18 +356,18 @@ class Meter:
     cpu: float = 0.0
     wall: float = 0.0
 
-    def step(self, server: ServerConnection, data: bytes, app: Application) -> bytes:
+    def step(self, server: Server, data: bytes) -> bytes:
         c0 = _process_time()
         w0 = _perf_counter()
-        out = server_step(server, data, app)
+        out = server.step(data)
         self.wall += _perf_counter() - w0
         self.cpu += _process_time() - c0
         return out
 
-    def new_server(self, config: ServerConfig) -> ServerConnection:
+    def new_server(self, make: Callable[[], Server]) -> Server:
         c0 = _process_time()
         w0 = _perf_counter()
-        server = ServerConnection(config)
+        server = make()
         self.wall += _perf_counter() - w0
         self.cpu += _process_time() - c0
         return server
@@ -232,38 +377,46 @@ class Meter:
 
 
 class Scenario:
-    def __init__(self, pki: PKI, version: str) -> None:
+    """Enrollments from a ClientConnection to estproto's or the reference server."""
+
+    def __init__(self, pki: PKI, version: str, *, reference: bool = False) -> None:
         self.pki = pki
-        self.app = Application(pki)
-        self.server_config = ServerConfig(
-            tls=ServerTLSContext(
-                [pki.tls_cert], pki.tls_key,
-                client_trust_anchors=[pki.ca_cert],
-                min_version=version, max_version=version,
-            ),
-            http=HTTPLimits(max_requests_per_connection=10**9),
-        )
+        if reference:
+            ctx = bare_server_context(pki, version)
+            self.make_server: Callable[[], Server] = lambda: ReferenceServer(ctx, pki)
+        else:
+            app = Application(pki)
+            config = ServerConfig(
+                tls=ServerTLSContext(
+                    [pki.tls_cert], pki.tls_key,
+                    client_trust_anchors=[pki.ca_cert],
+                    min_version=version, max_version=version,
+                ),
+                http=HTTPLimits(max_requests_per_connection=10**9),
+            )
+            self.make_server = lambda: EstprotoServer(config, app)
         self.client_config = ClientConfig(
             tls=ClientTLSContext(trust_anchors=[pki.ca_cert]), host=HOST
         )
         self.credentials = Credentials(USERNAME, PASSWORD, preemptive_basic=True)
         self._next_csr = 0
+        self._conn: tuple[ClientConnection, Server] | None = None
 
     def csr(self) -> bytes:
         self._next_csr = (self._next_csr + 1) % CSR_POOL
         return self.pki.csrs[self._next_csr]
 
-    def _pump(self, client: ClientConnection, server: ServerConnection, meter: Meter) -> None:
+    def _pump(self, client: ClientConnection, server: Server, meter: Meter) -> None:
         """Move bytes both ways until neither side has anything to send."""
         while True:
             data = client.data_to_send()
-            out = meter.step(server, data, self.app) if data else server.data_to_send()
+            out = meter.step(server, data) if data else server.data_to_send()
             if out:
                 client.receive_data(out)
             if not data and not out:
                 return
 
-    def _result(self, client: ClientConnection, server: ServerConnection, meter: Meter) -> None:
+    def _result(self, client: ClientConnection, server: Server, meter: Meter) -> None:
         while True:
             result = client.next_event()
             if result is not NEED_DATA:
@@ -274,16 +427,16 @@ class Scenario:
         if not isinstance(result, CertificateIssued):
             raise RuntimeError(f"enrollment failed: {result!r}")
 
-    def connect(self) -> tuple[ClientConnection, ServerConnection]:
-        client = ClientConnection(self.client_config, credentials=self.credentials)
-        server = ServerConnection(self.server_config)
-        self._pump(client, server, Meter())
-        if not client.server_authorized:
-            raise RuntimeError("TLS handshake did not complete")
-        return client, server
-
-    def keepalive(self, n: int, meter: Meter, conn: tuple[ClientConnection, ServerConnection]) -> None:
-        client, server = conn
+    def keepalive(self, n: int, meter: Meter) -> None:
+        """n enrollments on one connection, opened (unmetered) on first use."""
+        if self._conn is None:
+            client = ClientConnection(self.client_config, credentials=self.credentials)
+            server = self.make_server()
+            self._pump(client, server, Meter())
+            if not client.server_authorized:
+                raise RuntimeError("TLS handshake did not complete")
+            self._conn = client, server
+        client, server = self._conn
         for _ in range(n):
             client.send(SimpleEnroll(csr=self.csr()))
             self._pump(client, server, meter)
@@ -291,7 +444,7 @@ class Scenario:
 
     def new_connections(self, n: int, meter: Meter) -> None:
         for _ in range(n):
-            server = meter.new_server(self.server_config)
+            server = meter.new_server(self.make_server)
             client = ClientConnection(self.client_config, credentials=self.credentials)
             client.send(SimpleEnroll(csr=self.csr()))  # goes out when the handshake ends
             self._pump(client, server, meter)
@@ -310,18 +463,7 @@ class Floor:
 
     def __init__(self, pki: PKI, version: str) -> None:
         self.pki = pki
-        proto = SSL.TLS1_2_VERSION if version == "1.2" else SSL.TLS1_3_VERSION
-        ctx = SSL.Context(SSL.TLS_SERVER_METHOD)
-        ctx.set_min_proto_version(proto)
-        ctx.set_max_proto_version(proto)
-        ctx.use_certificate(pki.tls_cert)
-        ctx.use_privatekey(pki.tls_key)
-        # Ask for (never require) a client certificate, as an EST server must
-        # be able to (RFC 7030 3.3.2) and ServerTLSContext does by default.
-        ctx.set_verify(SSL.VERIFY_PEER, lambda *args: True)
-        ctx.add_client_ca(pki.ca_cert)
-        ctx.set_session_id(b"bench")
-        self.server_ctx = ctx
+        self.server_ctx = bare_server_context(pki, version)
         cctx = SSL.Context(SSL.TLS_CLIENT_METHOD)
         cctx.set_verify(SSL.VERIFY_NONE)
         self.client_ctx = cctx
@@ -421,25 +563,24 @@ def measure_all(
     minimum: int,
     slices: int = 6,
 ) -> dict[str, Result]:
-    """Best per-operation cost of each run over *rounds* rounds.
+    """Cheapest per-operation slice of each run over *rounds* rounds.
 
     Within a round every measurement is cut into *slices* chunks and the
-    chunks are run in turn (floor, estproto, floor, ...), so a change in the
-    machine's load hits the crypto floor and estproto alike and their ratio
-    stays meaningful on a shared machine.
+    chunks are run in turn (floor, estproto, reference, floor, ...), so a
+    change in the machine's load hits the crypto floor, estproto and the
+    reference alike and their ratios stay meaningful on a shared machine.
     """
     counts = {name: calibrate(run, target, minimum) for name, run in runs.items()}
     chunks = {name: max(1, -(-n // slices)) for name, n in counts.items()}
     best = {name: Result(float("inf"), float("inf")) for name in runs}
     for _ in range(rounds):
-        meters = {name: Meter() for name in runs}
         for _slice in range(slices):
             for name, run in runs.items():
-                run(chunks[name], meters[name])
-        for name, meter in meters.items():
-            n = chunks[name] * slices
-            b = best[name]
-            best[name] = Result(min(b.cpu, meter.cpu / n), min(b.wall, meter.wall / n))
+                meter = Meter()
+                run(chunks[name], meter)
+                n = chunks[name]
+                b = best[name]
+                best[name] = Result(min(b.cpu, meter.cpu / n), min(b.wall, meter.wall / n))
     return best
 
 
@@ -463,52 +604,61 @@ def main(argv: list[str] | None = None) -> int:
     pki = PKI()
     load = os.getloadavg()
     print(f"estproto server benchmark (in memory): {target} s x {rounds} rounds per "
-          f"measurement, best round kept; {os.cpu_count()} CPUs, "
+          f"measurement, cheapest slice kept; {os.cpu_count()} CPUs, "
           f"load average {load[0]:.2f} {load[1]:.2f} {load[2]:.2f}")
     print("server-side CPU per operation (process_time around server calls only); "
           "/s = 1 / server wall time")
 
     floor12, floor13 = Floor(pki, "1.2"), Floor(pki, "1.3")
-    keep13, keep12 = Scenario(pki, "1.3"), Scenario(pki, "1.2")
-    conn13 = keep13.connect()
-    conn12 = keep12.connect()
-    new12, new13 = Scenario(pki, "1.2"), Scenario(pki, "1.3")
+    versions = ("1.3", "1.2") if not args.quick else ("1.3",)
     runs: dict[str, Callable[[int, Meter], None]] = {
         "floor_enroll": floor12.enroll,
         "floor_hs12": floor12.handshake,
         "floor_hs13": floor13.handshake,
-        "keepalive13": lambda n, m: keep13.keepalive(n, m, conn13),
-        "new12": new12.new_connections,
-        "new13": new13.new_connections,
     }
-    if not args.quick:
-        runs["keepalive12"] = lambda n, m: keep12.keepalive(n, m, conn12)
+    for stack, reference in (("est", False), ("ref", True)):
+        for v in versions:
+            runs[f"{stack}_keepalive{v[2]}"] = Scenario(pki, v, reference=reference).keepalive
+        for v in ("1.2", "1.3"):
+            runs[f"{stack}_new{v[2]}"] = Scenario(pki, v, reference=reference).new_connections
     r = measure_all(runs, target, rounds, minimum, slices=1 if args.quick else 6)
 
-    f_enroll = r["floor_enroll"]
-    f_new = {
-        v: Result(f_enroll.cpu + r[f"floor_hs{v}"].cpu, f_enroll.wall + r[f"floor_hs{v}"].wall)
-        for v in ("12", "13")
-    }
+    floors = {"enroll": r["floor_enroll"]}
+    for v in ("2", "3"):
+        hs = r[f"floor_hs1{v}"]
+        floors[f"new{v}"] = Result(floors["enroll"].cpu + hs.cpu, floors["enroll"].wall + hs.wall)
     print("\ncrypto floor (cryptography + bare pyOpenSSL)")
-    print(_line("CSR load+verify + certificate signing", f_enroll))
+    print(_line("CSR load+verify + certificate signing", floors["enroll"]))
     print(_line("bare server handshake TLS 1.2", r["floor_hs12"]))
     print(_line("bare server handshake TLS 1.3", r["floor_hs13"]))
 
-    print("\nestproto ServerConnection + application (Basic check + issue)")
-    print(_line("enrollment, keep-alive TLS 1.3 connection", r["keepalive13"], f_enroll))
-    if "keepalive12" in r:
-        print(_line("enrollment, keep-alive TLS 1.2 connection", r["keepalive12"], f_enroll))
-    print(_line("enrollment on a new TLS 1.2 connection", r["new12"], f_new["12"]))
-    print(_line("enrollment on a new TLS 1.3 connection", r["new13"], f_new["13"]))
-    ratios = {
-        "keepalive": r["keepalive13"].cpu / f_enroll.cpu,
-        "new_tls12": r["new12"].cpu / f_new["12"].cpu,
-        "new_tls13": r["new13"].cpu / f_new["13"].cpu,
-    }
+    cases = [(f"keepalive{v[2]}", f"enrollment, keep-alive TLS {v} connection", "enroll")
+             for v in versions]
+    cases += [(f"new{v[2]}", f"enrollment on a new TLS {v} connection", f"new{v[2]}")
+              for v in ("1.2", "1.3")]
+    for stack, title in (
+        ("est", "estproto ServerConnection + application (Basic check + issue)"),
+        ("ref", "reference: bare pyOpenSSL + h11 + cryptography, no EST logic"),
+    ):
+        print(f"\n{title}")
+        for case, label, floor in cases:
+            print(_line(label, r[f"{stack}_{case}"], floors[floor]))
+
+    def ratios(stack: str) -> dict[str, float]:
+        return {
+            "keepalive": r[f"{stack}_keepalive3"].cpu / floors["enroll"].cpu,
+            "new_tls12": r[f"{stack}_new2"].cpu / floors["new2"].cpu,
+            "new_tls13": r[f"{stack}_new3"].cpu / floors["new3"].cpu,
+        }
+
+    est, ref = ratios("est"), ratios("ref")
+    print("\nestproto / reference (CPU): " + "  ".join(
+        f"{name} {est[name] / ref[name]:.2f}" for name in est))
+    print("reference floor_ratio (keep-alive on TLS 1.3): " + " ".join(
+        f"{name}={value:.2f}" for name, value in ref.items()))
     print("\ntargets (issue 3): keep-alive <= 2.00, new connection <= 1.50")
-    print(f"floor_ratio keepalive={ratios['keepalive']:.2f} "
-          f"new_tls12={ratios['new_tls12']:.2f} new_tls13={ratios['new_tls13']:.2f}")
+    print(f"floor_ratio keepalive={est['keepalive']:.2f} "
+          f"new_tls12={est['new_tls12']:.2f} new_tls13={est['new_tls13']:.2f}")
     return 0
 
 

@@ -44,8 +44,9 @@ send a Date header field if it does not have a clock capable of providing a
 reasonable approximation of the current instance"; the caller has the clock.
 
 Cost. h11 is most of this layer's time, so we avoid work around it: between
-requests with nothing buffered, ``next_request`` answers NEED_DATA without a
-trip through h11 (h11 would say the same and change nothing); response
+requests with nothing buffered, ``next_request`` answers NEED_DATA (or, at
+EOF, ConnectionClosed) without a trip through h11 (h11 would say the same,
+and nothing observable through this layer differs); response
 headers are validated once, by us, before anything is committed, and handed
 to h11 as already parsed (``_parsed=True``, so h11 does not run the same
 regexes again); header pairs that passed validation are remembered in a small
@@ -568,7 +569,9 @@ class HTTPServer(_Reader):
         self._requests_received = 0
         self._requests_handled = 0
         self._keep_alive = True
-        self._done = False  # our last response closed the connection
+        # No further request: our last response closed the connection, or
+        # the peer closed it between requests.
+        self._done = False
         self._continue_sent = False
 
     # -- state ---------------------------------------------------------------
@@ -661,15 +664,16 @@ class HTTPServer(_Reader):
         if self._done:
             return _CLOSED
         conn = self._conn
-        if (
-            self._error is None
-            and not self._eof
-            and conn.their_state is h11.IDLE
-            and not _unparsed_size(conn)
-        ):
-            # Between requests with nothing buffered: h11 would answer
-            # NEED_DATA without changing state; skip the trip through it.
-            return NEED_DATA
+        if self._error is None and conn.their_state is h11.IDLE and not _unparsed_size(conn):
+            # Between requests with nothing buffered, h11's answer is known
+            # without a trip through it: NEED_DATA (no state change), or at
+            # EOF ConnectionClosed, after which it reads nothing more (what
+            # _done means here).
+            if not self._eof:
+                return NEED_DATA
+            self._done = True
+            self._keep_alive = False
+            return _CLOSED
         result = self._read_message()
         if isinstance(result, tuple):
             head, body = result

@@ -313,6 +313,15 @@ def _openssl_reason(exc: SSL.Error) -> str:
 _CLOSE_NOTIFY_ALERT_REASON = 1000
 
 
+def _is_close(ssl: object, result: int) -> bool:
+    """True when SSL_read failed because the peer closed: close_notify at
+    either alert level, or EOF under OP_IGNORE_UNEXPECTED_EOF."""
+    error = _lib.SSL_get_error(ssl, result)
+    return error == _lib.SSL_ERROR_ZERO_RETURN or (
+        error == _lib.SSL_ERROR_SSL and _is_fatal_close_notify(ssl, result)
+    )
+
+
 def _is_fatal_close_notify(ssl: object, result: int) -> bool:
     """True when SSL_read failed only because the peer sent close_notify at
     the *fatal* alert level.
@@ -777,12 +786,20 @@ class TLSLayer:
         try:
             while True:
                 # SSL_read directly, as pyOpenSSL's recv does; its outcome
-                # when nothing is read is classified by pyOpenSSL itself.
+                # when nothing is read is classified by pyOpenSSL itself,
+                # except the peer's close (every connection ends with one).
                 buf = _new_buffer("char[]", _CHUNK)
                 n = read(ssl, buf, _CHUNK)
                 if n <= 0:
-                    if _is_fatal_close_notify(ssl, n):
-                        raise SSL.ZeroReturnError()
+                    if _is_close(ssl, n):
+                        # close_notify, or (OP_IGNORE_UNEXPECTED_EOF) a bare
+                        # EOF: a close that arrived in data is processed
+                        # before any later EOF, so the EOF flag tells them
+                        # apart.
+                        self._peer_closed = True
+                        self._truncated = self._eof
+                        self._transition(_Input.REMOTE_CLOSE)
+                        return
                     conn._raise_ssl_error(ssl, n)
                     return  # pragma: no cover - an error is always raised
                 out.append(_ffi.buffer(buf, n)[:])
@@ -794,13 +811,6 @@ class TLSLayer:
                     return
         except SSL.WantReadError:
             return
-        except SSL.ZeroReturnError:
-            # close_notify, or (OP_IGNORE_UNEXPECTED_EOF) a bare EOF: a close
-            # that arrived in data is processed before any later EOF, so the
-            # EOF flag tells them apart.
-            self._peer_closed = True
-            self._truncated = self._eof
-            self._transition(_Input.REMOTE_CLOSE)
         except SSL.Error as exc:
             if isinstance(exc, SSL.SysCallError) and self._eof:
                 # An OpenSSL that ignored OP_IGNORE_UNEXPECTED_EOF: same meaning.

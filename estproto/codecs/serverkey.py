@@ -38,11 +38,26 @@ Recipient kinds (RFC 7030 section 4.4.2, bullet list):
   is encrypted with RSAES-OAEP (RFC 8017 section 7.1), parameters encoded as
   RFC 4055 section 4.1 RSAES-OAEP-params (hash AlgorithmIdentifiers with
   NULL parameters, RFC 4055 section 2.1; pSourceFunc left at its default).
+- kari (:class:`KeyAgreeRecipient`, request attribute
+  AsymmetricDecryptKeyIdentifier with an EC key): "The EnvelopedData
+  RecipientInfo field MUST indicate the KeyAgreeRecipientInfo (kari) key
+  management technique", the rid named as for ktri. Ephemeral-static ECDH
+  on the NIST curves P-256, P-384 and P-521 (RFC 5753 section 3.1.1;
+  RFC 5652 section 6.2.2): a fresh ephemeral key on the recipient's curve,
+  sent as originatorKey; the shared secret goes through the ANSI X9.63 KDF
+  with ECC-CMS-SharedInfo (RFC 5753 section 7.2) to give an AES
+  key-encryption key, which wraps the CEK (RFC 3394). We send
+  dhSinglePass-stdDH-sha256kdf / -sha384kdf / -sha512kdf-scheme by curve
+  (the hash matching the curve's strength; RFC 5753 section 8 makes
+  sha256kdf the MUST) and, like openssl, the AES wrap matching the CEK
+  size. We read the sha1/sha224/sha256/sha384/sha512 KDF variants of
+  stdDH and cofactorDH (equal on these cofactor-1 curves; openssl's
+  default is sha1kdf), AES-128/192/256 wrap, and an optional ukm.
+  1-pass ECMQV and static-static originators are not implemented.
 
 Content encryption is AES-CBC with a random CEK and IV and PKCS#7 padding
 (RFC 5652 section 6.3, RFC 3565 section 2.1); RFC 7030 does not require
-AuthEnvelopedData. kari (key agreement) recipients are not implemented:
-decrypting one raises DecodeError("no recipient matches").
+AuthEnvelopedData.
 
 Decoding accepts BER (openssl emits indefinite lengths and constructed
 OCTET STRINGs): asn1crypto reads both, and we never re-encode what we verify.
@@ -70,6 +85,7 @@ from cryptography.hazmat.primitives import padding as sym_padding
 from cryptography.hazmat.primitives.asymmetric import ec, ed448, ed25519, padding, rsa
 from cryptography.hazmat.primitives.asymmetric.types import PrivateKeyTypes
 from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
+from cryptography.hazmat.primitives.kdf.x963kdf import X963KDF
 from cryptography.hazmat.primitives.keywrap import (
     InvalidUnwrap,
     aes_key_unwrap,
@@ -79,6 +95,7 @@ from cryptography.hazmat.primitives.keywrap import (
 
 from .._errors import BadSignature, DecodeError, LocalProtocolError
 from .._limits import MAX_DER_SIZE
+from ..asn1.ecc_cms import KEY_AGREEMENT_SCHEMES, ECCCMSSharedInfo
 from ..asn1.keypackage import (
     ID_CT_KP_A_KEY_PACKAGE,
     AsymmetricKeyPackage,
@@ -92,7 +109,9 @@ __all__ = [
     "ContentEncryption",
     "KEKRecipient",
     "KeyTransRecipient",
+    "KeyAgreeRecipient",
     "Recipient",
+    "RecipientPrivateKey",
     "DecryptedKeyPackage",
     "MAX_RECIPIENT_INFOS",
     "encode_private_key",
@@ -121,6 +140,7 @@ _KEY_TYPES = (
 # DER check): a handful of classes at most.
 _SEEN_KEY_CLASSES: set[type] = set()
 _DER = serialization.Encoding.DER
+_X962 = serialization.Encoding.X962
 _PKCS8 = serialization.PrivateFormat.PKCS8
 _NO_ENCRYPTION = serialization.NoEncryption()
 
@@ -143,10 +163,23 @@ _OAEP_HASHES: dict[str, type[hashes.HashAlgorithm]] = {
     "sha512": hashes.SHA512,
 }
 
-#: Most RecipientInfos we look at in one EnvelopedData. EST addresses exactly
-#: one recipient; bounding the loop bounds the RSA decryptions a hostile
-#: message can make us try.
+#: Most RecipientInfos we look at in one EnvelopedData, and most
+#: RecipientEncryptedKeys in one kari. EST addresses exactly one recipient;
+#: bounding the loops bounds the RSA decryptions, ECDH operations and key
+#: unwraps a hostile message can make us try.
 MAX_RECIPIENT_INFOS = 16
+
+# Curves we do ECDH on (cryptography curve names), and the X9.63 KDF hash we
+# send for each, matching the curve's strength (RFC 5753 section 8's MUST is
+# sha256kdf, which every peer reads; openssl reads them all).
+_KARI_CURVES = frozenset({"secp256r1", "secp384r1", "secp521r1"})
+_KDF_HASH_BY_CURVE = {"secp256r1": "sha256", "secp384r1": "sha384", "secp521r1": "sha512"}
+_SCHEME_BY_KDF_HASH = {
+    "sha256": "dh_single_pass_std_dh_sha256kdf",
+    "sha384": "dh_single_pass_std_dh_sha384kdf",
+    "sha512": "dh_single_pass_std_dh_sha512kdf",
+}
+_KARI_WRAPS = ("aes128_wrap", "aes192_wrap", "aes256_wrap")
 
 
 # -- value classes -----------------------------------------------------------
@@ -224,6 +257,78 @@ class KeyTransRecipient:
         key = certificate.public_key()
         if not isinstance(key, rsa.RSAPublicKey):
             raise LocalProtocolError("key transport needs an RSA certificate")
+        if use_issuer_and_serial:
+            return cls(key, None, certificate)
+        return cls(key, _ski_of(certificate), certificate)
+
+
+@dataclass(frozen=True)
+class KeyAgreeRecipient:
+    """A recipient with an EC key-agreement key (kari, ephemeral-static ECDH).
+
+    Named exactly like :class:`KeyTransRecipient` (RFC 7030 section 4.4.2):
+    by ``subject_key_identifier`` (rid ``rKeyId [0]``
+    RecipientKeyIdentifier) when given, otherwise by the issuer and serial
+    number of ``certificate``.
+
+    Attributes:
+        public_key: the recipient's EC public key, on P-256, P-384 or P-521.
+        subject_key_identifier: the key identifier to put in the rid.
+        certificate: the recipient's certificate, used for
+            issuerAndSerialNumber when no identifier is given.
+        kdf_hash: the X9.63 KDF hash; None picks it by curve (SHA-256,
+            SHA-384, SHA-512), naming dhSinglePass-stdDH-sha*kdf-scheme.
+        key_wrap: the AES key wrap (RFC 7030 section 4.4.2: one "that the
+            client included in the SMIMECapabilities"); None matches the
+            content-encryption key's size.
+        ukm: user keying material (RFC 5652 section 6.2.2), fed to the KDF
+            as entityUInfo; None (the default) sends none.
+    """
+
+    public_key: ec.EllipticCurvePublicKey
+    subject_key_identifier: bytes | None = None
+    certificate: x509.Certificate | None = None
+    kdf_hash: Literal["sha256", "sha384", "sha512"] | None = None
+    key_wrap: Literal["aes128_wrap", "aes192_wrap", "aes256_wrap"] | None = None
+    ukm: bytes | None = None
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.public_key, ec.EllipticCurvePublicKey):
+            raise LocalProtocolError("KeyAgreeRecipient.public_key must be an EC public key")
+        if self.public_key.curve.name not in _KARI_CURVES:
+            raise LocalProtocolError(
+                f"unsupported key agreement curve {self.public_key.curve.name}")
+        if self.subject_key_identifier is not None and (
+            not isinstance(self.subject_key_identifier, bytes) or not self.subject_key_identifier
+        ):
+            raise LocalProtocolError("subject_key_identifier must be non-empty bytes")
+        if self.subject_key_identifier is None and self.certificate is None:
+            raise LocalProtocolError(
+                "KeyAgreeRecipient needs subject_key_identifier or certificate")
+        if self.kdf_hash is not None and self.kdf_hash not in _SCHEME_BY_KDF_HASH:
+            raise LocalProtocolError(f"unsupported KDF hash {self.kdf_hash!r}")
+        if self.key_wrap is not None and self.key_wrap not in _KARI_WRAPS:
+            raise LocalProtocolError(f"unsupported key wrap {self.key_wrap!r}")
+        if self.ukm is not None and (not isinstance(self.ukm, bytes) or not self.ukm):
+            raise LocalProtocolError("ukm must be non-empty bytes")
+
+    @classmethod
+    def from_certificate(
+        cls, certificate: x509.Certificate, *, use_issuer_and_serial: bool = False
+    ) -> KeyAgreeRecipient:
+        """Address the holder of *certificate*.
+
+        The rid is the certificate's subjectKeyIdentifier extension (or, when
+        it has none, the RFC 5280 section 4.2.1.2 method-1 hash of its key),
+        or its issuer and serial number when *use_issuer_and_serial*.
+
+        Raises:
+            LocalProtocolError: the certificate's key is not EC on P-256,
+                P-384 or P-521.
+        """
+        key = certificate.public_key()
+        if not isinstance(key, ec.EllipticCurvePublicKey):
+            raise LocalProtocolError("key agreement needs an EC certificate")
         if use_issuer_and_serial:
             return cls(key, None, certificate)
         return cls(key, _ski_of(certificate), certificate)
@@ -439,7 +544,11 @@ def _check_public_key(key: PrivateKey, given: bytes) -> None:
 
 # -- EnvelopedData ------------------------------------------------------------
 
-Recipient = Union[KEKRecipient, KeyTransRecipient]
+Recipient = Union[KEKRecipient, KeyTransRecipient, KeyAgreeRecipient]
+
+#: Recipient private keys :func:`open_enveloped_data` takes: RSA for ktri,
+#: EC (P-256, P-384, P-521) for kari.
+RecipientPrivateKey = Union[rsa.RSAPrivateKey, ec.EllipticCurvePrivateKey]
 
 
 def build_enveloped_data(
@@ -456,7 +565,8 @@ def build_enveloped_data(
             an asn1crypto name (``"data"``, ``"signed_data"``).
         content: the content octets (for a CMS type, the type's own
             encoding, e.g. a SignedData, not a ContentInfo).
-        recipient: a :class:`KEKRecipient` or :class:`KeyTransRecipient`.
+        recipient: a :class:`KEKRecipient`, :class:`KeyTransRecipient` or
+            :class:`KeyAgreeRecipient`.
         content_encryption: the AES-CBC variant.
 
     Returns:
@@ -519,6 +629,9 @@ def build_enveloped_data(
             },
             "encrypted_key": recipient.public_key.encrypt(cek, _oaep(h, h, None)),
         }))
+    elif isinstance(recipient, KeyAgreeRecipient):
+        ri = _build_kari(recipient, cek)
+        ri_version = 3
     else:
         raise LocalProtocolError(f"unsupported recipient {type(recipient).__name__}")
 
@@ -537,12 +650,76 @@ def build_enveloped_data(
     return bytes(cms.ContentInfo({"content_type": "enveloped_data", "content": enveloped}).dump())
 
 
+def _build_kari(recipient: KeyAgreeRecipient, cek: bytes) -> cms.RecipientInfo:
+    """One KeyAgreeRecipientInfo: ephemeral-static ECDH (RFC 5753 section 3.1.1)."""
+    curve = recipient.public_key.curve
+    ephemeral = ec.generate_private_key(curve)
+    shared = ephemeral.exchange(ec.ECDH(), recipient.public_key)
+    wrap_name = recipient.key_wrap or _WRAP_BY_KEK_SIZE[len(cek)]
+    # RFC 3565 section 2.3.2: the AES key wrap parameters are absent.
+    wrap = cms.KeyEncryptionAlgorithm({"algorithm": wrap_name})
+    hash_name = recipient.kdf_hash or _KDF_HASH_BY_CURVE[curve.name]
+    kek = _ecc_cms_kek(shared, hash_name, wrap, recipient.ukm, _KEK_SIZE_BY_WRAP[wrap_name])
+
+    if recipient.subject_key_identifier is not None:
+        rid = cms.KeyAgreementRecipientIdentifier(
+            name="r_key_id",
+            value={"subject_key_identifier": recipient.subject_key_identifier})
+    else:
+        assert recipient.certificate is not None
+        rid = cms.KeyAgreementRecipientIdentifier(
+            name="issuer_and_serial_number", value=_issuer_and_serial(recipient.certificate))
+    point = ephemeral.public_key().public_bytes(
+        _X962, serialization.PublicFormat.UncompressedPoint)
+    fields = {
+        # RFC 5652 section 6.2.2: "version is the syntax version number.
+        # It MUST always be 3."
+        "version": "v3",
+        # RFC 5753 section 3.1.1: "originator MUST be the alternative
+        # originatorKey. [...] The parameters associated with id-ecPublicKey
+        # SHOULD be absent or ECParameters": absent, as openssl sends it;
+        # the recipient knows its own curve. "The ECPoint in uncompressed
+        # form MUST be supported."
+        "originator": cms.OriginatorIdentifierOrKey(
+            name="originator_key",
+            value=keys.PublicKeyInfo({"algorithm": {"algorithm": "ec"}, "public_key": point})),
+        "key_encryption_algorithm": {
+            "algorithm": _SCHEME_BY_KDF_HASH[hash_name], "parameters": wrap},
+        "recipient_encrypted_keys": [{"rid": rid, "encrypted_key": aes_key_wrap(kek, cek)}],
+    }
+    if recipient.ukm is not None:
+        fields["ukm"] = recipient.ukm
+    return cms.RecipientInfo(name="kari", value=cms.KeyAgreeRecipientInfo(fields))
+
+
+def _ecc_cms_kek(
+    shared_secret: bytes,
+    hash_name: str,
+    wrap: cms.KeyEncryptionAlgorithm,
+    ukm: bytes | None,
+    kek_size: int,
+) -> bytes:
+    """The key-encryption key: ANSI X9.63 KDF over the ECDH shared secret.
+
+    RFC 5753 section 7.2: SharedInfo is the DER ECC-CMS-SharedInfo whose
+    keyInfo is the wrap AlgorithmIdentifier, entityUInfo the ukm when
+    present, and suppPubInfo "the length of the generated KEK, in bits,
+    represented as a 32-bit number" (big-endian).
+    """
+    info = {"key_info": wrap, "supp_pub_info": (kek_size * 8).to_bytes(4, "big")}
+    if ukm is not None:
+        info["entity_u_info"] = ukm
+    shared_info = ECCCMSSharedInfo(info).dump()
+    kdf = X963KDF(algorithm=_OAEP_HASHES[hash_name](), length=kek_size, sharedinfo=shared_info)
+    return kdf.derive(shared_secret)
+
+
 def open_enveloped_data(
     der: bytes,
     *,
     kek: bytes | None = None,
     key_identifier: bytes | None = None,
-    recipient_private_key: rsa.RSAPrivateKey | None = None,
+    recipient_private_key: RecipientPrivateKey | None = None,
     subject_key_identifier: bytes | None = None,
     recipient_certificate: x509.Certificate | None = None,
     expected_content_type: str | None = None,
@@ -553,7 +730,9 @@ def open_enveloped_data(
     Give either *kek* (with *key_identifier* to pick the kekri; without it
     every kekri is tried) or *recipient_private_key* (with
     *subject_key_identifier* and/or *recipient_certificate* to pick the
-    ktri; without them every ktri is tried).
+    recipient; without them every candidate is tried). An RSA key opens a
+    ktri; an EC key (P-256, P-384, P-521) opens a kari, whose
+    recipientEncryptedKeys are searched for the rid.
 
     Args:
         der: DER or BER ContentInfo with content type id-envelopedData.
@@ -565,7 +744,8 @@ def open_enveloped_data(
         The decrypted content (for a CMS type: that type's encoding).
 
     Raises:
-        LocalProtocolError: neither or both kinds of key given.
+        LocalProtocolError: neither or both kinds of key given, or a
+            private key that is neither RSA nor EC on P-256/P-384/P-521.
         MessageTooLarge: *der* is longer than *max_size*.
         DecodeError: malformed, no matching recipient, wrong key, bad
             padding, unsupported algorithm, unexpected content type.
@@ -592,7 +772,7 @@ def _open(
     *,
     kek: bytes | None,
     key_identifier: bytes | None,
-    recipient_private_key: rsa.RSAPrivateKey | None,
+    recipient_private_key: RecipientPrivateKey | None,
     subject_key_identifier: bytes | None,
     recipient_certificate: x509.Certificate | None,
     max_size: int,
@@ -602,9 +782,14 @@ def _open(
         raise LocalProtocolError("give exactly one of kek or recipient_private_key")
     if kek is not None and len(kek) not in _WRAP_BY_KEK_SIZE:
         raise LocalProtocolError("kek must be a 16, 24 or 32 byte AES key")
-    if recipient_private_key is not None and not isinstance(
-            recipient_private_key, rsa.RSAPrivateKey):
-        raise LocalProtocolError("recipient_private_key must be an RSA private key")
+    if recipient_private_key is not None:
+        if isinstance(recipient_private_key, ec.EllipticCurvePrivateKey):
+            if recipient_private_key.curve.name not in _KARI_CURVES:
+                raise LocalProtocolError(
+                    f"unsupported key agreement curve {recipient_private_key.curve.name}")
+        elif not isinstance(recipient_private_key, rsa.RSAPrivateKey):
+            raise LocalProtocolError(
+                "recipient_private_key must be an RSA or EC private key")
 
     what = "EnvelopedData"
     info = load_der(cms.ContentInfo, der, what, max_size)
@@ -637,6 +822,9 @@ def _open(
 
         if kek is not None:
             cek = _cek_from_kekri(parsed_ris, kek, key_identifier)
+        elif isinstance(recipient_private_key, ec.EllipticCurvePrivateKey):
+            cek = _cek_from_kari(parsed_ris, recipient_private_key,
+                                 subject_key_identifier, recipient_certificate)
         else:
             assert recipient_private_key is not None
             cek = _cek_from_ktri(parsed_ris, recipient_private_key,
@@ -689,27 +877,16 @@ def _cek_from_ktri(
     ski: bytes | None,
     cert: x509.Certificate | None,
 ) -> bytes:
-    wanted_skis = set()
-    if ski is not None:
-        wanted_skis.add(ski)
-    wanted_ias = None
-    if cert is not None:
-        wanted_skis.add(_ski_of(cert))
-        wanted_ias = _issuer_and_serial(cert)
-    by_id = bool(wanted_skis) or wanted_ias is not None
-
+    wanted = _RecipientIds(ski, cert)
     candidates = []
     for name, ri in ris:
         if name != "ktri":
             continue
         rid = ri["rid"]  # type: ignore[index]
-        if not by_id:
-            candidates.append(ri)
-        elif rid.name == "subject_key_identifier" and rid.chosen.native in wanted_skis:
-            candidates.append(ri)
-        elif (rid.name == "issuer_and_serial_number" and wanted_ias is not None
-              and rid.chosen["serial_number"].native == wanted_ias["serial_number"].native
-              and rid.chosen["issuer"] == wanted_ias["issuer"]):
+        if rid.name == "subject_key_identifier":
+            if wanted.has_ski(rid.chosen.native):
+                candidates.append(ri)
+        elif wanted.has_issuer_and_serial(rid.chosen):
             candidates.append(ri)
     if not candidates:
         raise DecodeError("no recipient matches the recipient key identifier")
@@ -721,6 +898,151 @@ def _cek_from_ktri(
         except ValueError:
             continue
     raise DecodeError("no recipient matches: RSA decryption failed (wrong key?)")
+
+
+class _RecipientIds:
+    """The rids a caller's identifiers match; with none given, any rid."""
+
+    def __init__(self, ski: bytes | None, cert: x509.Certificate | None) -> None:
+        self.skis: set[bytes] = set()
+        if ski is not None:
+            self.skis.add(ski)
+        self.ias: cms.IssuerAndSerialNumber | None = None
+        if cert is not None:
+            self.skis.add(_ski_of(cert))
+            self.ias = _issuer_and_serial(cert)
+        self.any = not self.skis and self.ias is None
+
+    def has_ski(self, ski: object) -> bool:
+        return self.any or ski in self.skis
+
+    def has_issuer_and_serial(self, ias: object) -> bool:
+        if self.any:
+            return True
+        return (self.ias is not None
+                and ias["serial_number"].native == self.ias["serial_number"].native  # type: ignore[index]
+                and ias["issuer"] == self.ias["issuer"])  # type: ignore[index]
+
+
+def _cek_from_kari(
+    ris: list[tuple[str, object]],
+    key: ec.EllipticCurvePrivateKey,
+    ski: bytes | None,
+    cert: x509.Certificate | None,
+) -> bytes:
+    """Recover the CEK from the kari addressed to *key* (RFC 5652 6.2.2)."""
+    wanted = _RecipientIds(ski, cert)
+    found = False
+    for name, ri in ris:
+        if name != "kari":
+            continue
+        reks = ri["recipient_encrypted_keys"]  # type: ignore[index]
+        if len(reks) > MAX_RECIPIENT_INFOS:
+            raise DecodeError(
+                f"invalid EnvelopedData: more than {MAX_RECIPIENT_INFOS} recipient "
+                "encrypted keys in one kari")
+        wrapped_keys = []
+        for rek in reks:
+            rid = rek["rid"]
+            if rid.name == "r_key_id":
+                match = wanted.has_ski(rid.chosen["subject_key_identifier"].native)
+            else:
+                match = wanted.has_issuer_and_serial(rid.chosen)
+            if match:
+                wrapped_keys.append(rek["encrypted_key"].native)
+        if not wrapped_keys:
+            continue
+        found = True
+        cek = _kari_unwrap(ri, key, wrapped_keys)
+        if cek is not None:
+            return cek
+    if not found:
+        raise DecodeError("no recipient matches the recipient key identifier")
+    raise DecodeError("no recipient matches: AES key unwrap failed (wrong key?)")
+
+
+def _kari_unwrap(
+    kari: object, key: ec.EllipticCurvePrivateKey, wrapped_keys: list[bytes]
+) -> bytes | None:
+    """ECDH + KDF + unwrap for one kari; None if no wrapped key unwraps.
+
+    Raises DecodeError for what we cannot or will not process.
+    """
+    version = kari["version"].native  # type: ignore[index]
+    # RFC 5652 section 6.2.2: "version is the syntax version number. It
+    # MUST always be 3."
+    if version != "v3":
+        raise DecodeError(f"invalid KeyAgreeRecipientInfo: version {version!r}, expected 3")
+    kea = kari["key_encryption_algorithm"]  # type: ignore[index]
+    scheme = KEY_AGREEMENT_SCHEMES.get(kea["algorithm"].native)
+    if scheme is None:
+        raise DecodeError(f"unsupported key agreement algorithm {kea['algorithm'].dotted}")
+    hash_name = scheme[1]
+    wrap = kea["parameters"]
+    if not isinstance(wrap, cms.KeyEncryptionAlgorithm):
+        raise DecodeError("invalid KeyAgreeRecipientInfo: no key wrap algorithm")
+    wrap_name = wrap["algorithm"].native
+    kek_size = _KEK_SIZE_BY_WRAP.get(wrap_name)
+    if kek_size is None:
+        raise DecodeError(f"unsupported key wrap algorithm {wrap['algorithm'].dotted}")
+
+    originator = kari["originator"]  # type: ignore[index]
+    # RFC 5753 section 3.1.1: "originator MUST be the alternative
+    # originatorKey" for ephemeral-static ECDH; the other alternatives name
+    # a static originator key (1-pass ECMQV), which we do not implement.
+    if originator.name != "originator_key":
+        raise DecodeError("unsupported kari originator: only originatorKey (ephemeral-static "
+                          "ECDH) is implemented")
+    opk = originator.chosen
+    alg = opk["algorithm"]
+    if alg["algorithm"].native != "ec":
+        raise DecodeError(f"unsupported originator key algorithm {alg['algorithm'].dotted}")
+    # RFC 5753 section 3.1.1: "The parameters associated with id-ecPublicKey
+    # MUST be absent, ECParameters, or NULL. [...] If the parameters are
+    # ECParameters, then they MUST be namedCurve."
+    params = alg["parameters"]
+    if not isinstance(params, (core.Void, core.Null)):
+        if params.name == "implicit_ca":
+            pass  # ECParameters' NULL alternative: the same as NULL
+        elif params.name != "named" or params.chosen.native != key.curve.name:
+            raise DecodeError(
+                "invalid kari originator key: its parameters do not name the "
+                f"recipient's curve {key.curve.name}")
+    point = opk["public_key"].native
+    try:
+        # Checks the point is on the recipient's curve.
+        peer = ec.EllipticCurvePublicKey.from_encoded_point(key.curve, bytes(point))
+        shared = key.exchange(ec.ECDH(), peer)
+    except (ValueError, TypeError) as exc:
+        raise DecodeError(
+            f"invalid kari originator key: not a point on {key.curve.name}") from exc
+    ukm_field = kari["ukm"]  # type: ignore[index]
+    # RFC 5652 section 6.2.2: "Implementations MUST accept a
+    # KeyAgreeRecipientInfo SEQUENCE that includes a ukm field."
+    ukm = None if isinstance(ukm_field, core.Void) else ukm_field.native
+
+    # keyInfo is the wrap AlgorithmIdentifier as sent; RFC 3565 section 2.3.2
+    # makes its parameters absent, but some producers write NULL (into the
+    # message or only into SharedInfo), and the two encodings derive
+    # different keys. So try the form received, then the other one.
+    absent = cms.KeyEncryptionAlgorithm({"algorithm": wrap_name})
+    null = cms.KeyEncryptionAlgorithm({"algorithm": wrap_name, "parameters": core.Null()})
+    wrap_params = wrap["parameters"]
+    if isinstance(wrap_params, core.Void):
+        key_infos = [absent, null]
+    elif wrap_params.dump() == b"\x05\x00":
+        key_infos = [null, absent]
+    else:
+        raise DecodeError("invalid key wrap algorithm: AES key wrap has no parameters")
+    unwrap = aes_key_unwrap_with_padding if wrap_name.endswith("_pad") else aes_key_unwrap
+    for key_info in key_infos:
+        kek = _ecc_cms_kek(shared, hash_name, key_info, ukm, kek_size)
+        for wrapped in wrapped_keys:
+            try:
+                return unwrap(kek, wrapped)
+            except (InvalidUnwrap, ValueError):
+                continue
+    return None
 
 
 def _ktri_padding(kea: object) -> padding.AsymmetricPadding:
@@ -794,7 +1116,7 @@ def encrypt_key_package(
         signer_key: the key generator's signing key.
         signer_cert: its certificate (carried in the SignedData and naming
             the signer), or None to name the signer by key identifier.
-        recipient: who may decrypt (kekri or ktri).
+        recipient: who may decrypt (kekri, ktri or kari).
         certificates: extra certificates for the SignedData.
         content_encryption: the AES-CBC variant.
 
@@ -837,7 +1159,7 @@ def decrypt_key_package(
     *,
     kek: bytes | None = None,
     key_identifier: bytes | None = None,
-    recipient_private_key: rsa.RSAPrivateKey | None = None,
+    recipient_private_key: RecipientPrivateKey | None = None,
     subject_key_identifier: bytes | None = None,
     recipient_certificate: x509.Certificate | None = None,
     verify_with: signeddata.VerifyingKey | x509.Certificate | None = None,

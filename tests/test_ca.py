@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any, Iterator
 
 import pytest
+from asn1crypto import cms
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
@@ -189,7 +190,10 @@ def test_issued_certificate_profile(ca: EmbeddedCA, key: Any) -> None:
     assert x509.oid.ExtendedKeyUsageOID.CLIENT_AUTH in ext.get_extension_for_class(
         x509.ExtendedKeyUsage).value
     ku = ext.get_extension_for_class(x509.KeyUsage).value
-    assert ku.digital_signature and not ku.key_encipherment
+    # An EC key: signing, and key agreement (RFC 7030 4.4.1.2: it may receive
+    # an encrypted server-generated key); never key transport or commitment.
+    assert ku.digital_signature and ku.key_agreement
+    assert not ku.key_encipherment and not ku.content_commitment
     record = ca.store.get_issued(format(cert.serial_number, "x"))
     assert record is not None and record.requester == "user:alice" and record.request_der == csr.der
     assert record.operation == "simpleenroll" and "dev-1.example" in record.san
@@ -401,6 +405,62 @@ def test_serverkeygen_encrypted_to_a_kek(ca_dir: Path, key: Any) -> None:
         unknown = make_csr(key, "enc", ("enc.example",), decrypt_key_identifier=b"nope")
         refused = h(ServerKeygenRequest(label="", credentials=BASIC, facts=FACTS, csr=unknown))
         assert isinstance(refused, ErrorResponse) and refused.status == 400
+
+
+def _device_cert(ca: EmbeddedCA, device_key: Any, cn: str) -> x509.Certificate:
+    issued = ca.handler()(enroll(make_csr(device_key, cn, (f"{cn}.example",))))
+    assert isinstance(issued, CertificateResponse)
+    return issued.certificate
+
+
+@pytest.mark.parametrize("kind", ["p256", "p384", "rsa"])
+def test_serverkeygen_encrypted_to_the_client_certificate(ca: EmbeddedCA, kind: str) -> None:
+    # RFC 7030 4.4.2: ktri for an RSA key, kari for an EC key; 4.4.1.2: the
+    # identifier must name the (verified) client certificate's key.
+    device_key: Any = (rsa.generate_private_key(65537, 2048) if kind == "rsa" else
+                       ec.generate_private_key(ec.SECP256R1() if kind == "p256" else ec.SECP384R1()))
+    device = _device_cert(ca, device_key, f"enc-{kind}")
+    ski = device.extensions.get_extension_for_class(x509.SubjectKeyIdentifier).value.digest
+    csr = make_csr(device_key, f"enc-{kind}", (f"enc-{kind}.example",),
+                   asymmetric_decrypt_key_identifier=ski)
+    h = ca.handler()
+    response = h(ServerKeygenRequest(label="", credentials=None, facts=cert_facts(device), csr=csr))
+    assert isinstance(response, ServerKeygenResponse) and response.encrypted_key is not None
+    assert response.private_key is None
+    kinds = [ri.name for ri in cms.ContentInfo.load(response.encrypted_key)["content"]["recipient_infos"]]
+    assert kinds == (["ktri"] if kind == "rsa" else ["kari"])
+    package = serverkey.decrypt_key_package(
+        response.encrypted_key, recipient_private_key=device_key, subject_key_identifier=ski)
+    assert package.private_key.public_key() == response.certificate.public_key()
+
+    # An identifier that is not the certificate's, or an unverified
+    # certificate, is refused (the request "MUST be terminated").
+    other = make_csr(device_key, f"enc-{kind}", (f"enc-{kind}.example",),
+                     asymmetric_decrypt_key_identifier=b"not-the-ski")
+    for facts, request_csr in ((cert_facts(device), other), (cert_facts(device, verified=False), csr)):
+        refused = h(ServerKeygenRequest(label="", credentials=BASIC, facts=facts, csr=request_csr))
+        assert isinstance(refused, ErrorResponse) and refused.status == 400
+
+
+def test_serverkeygen_refuses_a_key_not_allowed_to_receive_keys(ca: EmbeddedCA, key: Any) -> None:
+    # 4.4.1.2: "the key MUST either explicitly support keyTransport or
+    # keyAgreement or its use MUST be unrestricted": an EC certificate
+    # whose keyUsage is digitalSignature only may not receive a kari.
+    signing_only = (
+        x509.CertificateBuilder()
+        .subject_name(name("signer")).issuer_name(name("signer"))
+        .public_key(key.public_key()).serial_number(x509.random_serial_number())
+        .not_valid_before(datetime.datetime(2024, 1, 1)).not_valid_after(datetime.datetime(2034, 1, 1))
+        .add_extension(x509.KeyUsage(True, False, False, False, False, False, False, False, False), True)
+        .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), False)
+        .sign(key, hashes.SHA256())
+    )
+    ski = signing_only.extensions.get_extension_for_class(x509.SubjectKeyIdentifier).value.digest
+    csr = make_csr(key, "signer", ("signer.example",), asymmetric_decrypt_key_identifier=ski)
+    refused = ca.handler()(ServerKeygenRequest(
+        label="", credentials=BASIC, facts=cert_facts(signing_only), csr=csr))
+    assert isinstance(refused, ErrorResponse) and refused.status == 400
+    assert "keyAgreement" in refused.reason
 
 
 def test_fullcmc_success_and_pop_failure(ca: EmbeddedCA, key: Any) -> None:

@@ -321,6 +321,38 @@ def test_serverkeygen_csrattrs_fullcmc(served: Served) -> None:
     assert record is not None and pkcs10.decode_csr(record.request_der, verify=False).challenge_password
 
 
+@pytest.mark.parametrize("key_type", ["rsa2048", "p256"])
+def test_serverkeygen_encrypted_to_the_client_certificate(served: Served, key_type: str) -> None:
+    w = served.root / f"skg-enc-{key_type}"
+    w.mkdir()
+    enrolled = run("enroll", served.url, *served.trust(), "--user", "alice", "--subject", "CN=enc",
+                   "--key-type", key_type, "--key-out", str(w / "dev.key"), "--out", str(w / "dev.pem"),
+                   password=PASSWORD)
+    assert enrolled.returncode == 0, enrolled.stderr
+    device = load_cert(w / "dev.pem")
+    keygen = run("serverkeygen", served.url, *served.trust(), "--cert", str(w / "dev.pem"),
+                 "--key", str(w / "dev.key"), "--encrypt-key", "--subject", "CN=enc",
+                 "--key-out", str(w / "new.key"), "--out", str(w / "new.pem"))
+    # The CLI refuses a key that arrived without the encryption it asked for,
+    # so success means the key came encrypted to dev.pem's key and was opened.
+    assert keygen.returncode == 0, keygen.stderr
+    new = load_cert(w / "new.pem")
+    assert spki(serialization.load_pem_private_key((w / "new.key").read_bytes(), None)) == spki(new)
+    assert spki(new) != spki(device)
+    with EmbeddedCA.open(served.dir) as ca:
+        record = ca.store.get_issued(format(new.serial_number, "x"))
+    assert record is not None and record.requester.startswith("cert:")
+    csr = pkcs10.decode_csr(record.request_der, verify=False)
+    ski = device.extensions.get_extension_for_class(x509.SubjectKeyIdentifier).value.digest
+    assert csr.asymmetric_decrypt_key_identifier == ski
+
+
+def test_serverkeygen_encrypt_key_needs_a_client_certificate(served: Served, tmp_path: Path) -> None:
+    result = run("serverkeygen", served.url, *served.trust(), "--user", "alice", "--encrypt-key",
+                 "--subject", "CN=x", "--key-out", str(tmp_path / "x.key"), password=PASSWORD)
+    assert result.returncode == ExitCode.USAGE and "--cert" in result.stderr
+
+
 def test_exit_codes(served: Served, tmp_path: Path) -> None:
     other_root, _ = make_ca("not our CA")
     (tmp_path / "other.pem").write_bytes(pem(other_root))

@@ -22,8 +22,10 @@ Issuing (RFC 7030 4.2): the profile copies the CSR's subject and its
 subjectAltName extension and ignores every other requested extension unless
 the profile lists its OID (never basicConstraints, keyUsage, EKU, SKI, AKI or
 nameConstraints: those are the CA's to set). It adds basicConstraints
-CA:false, keyUsage digitalSignature (plus keyEncipherment for RSA keys), the
-EKUs of the profile (clientAuth by default), SKI and AKI. Serial numbers are
+CA:false, keyUsage digitalSignature (plus keyEncipherment for RSA keys and
+keyAgreement for EC keys, so a device key can also receive a
+server-generated key encrypted to it, RFC 7030 4.4.1.2), the EKUs of the
+profile (clientAuth by default), SKI and AKI. Serial numbers are
 random 159-bit integers (``x509.random_serial_number``); the store's UNIQUE
 constraint is the final word, and a collision is retried with a new serial.
 A certificate is returned only after :meth:`Store.record_issued` committed it.
@@ -77,7 +79,7 @@ from cryptography.hazmat.primitives.asymmetric import ec, ed448, ed25519, rsa
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from .. import auth
-from .._errors import BadSignature, DecodeError
+from .._errors import BadSignature, DecodeError, LocalProtocolError
 from .._est_server import ESTServerSettings
 from .._events import (
     AuthenticationRequired,
@@ -375,6 +377,33 @@ def _lp(*parts: bytes) -> bytes:
 # ---------------------------------------------------------------------------
 
 
+#: AES key wrap algorithms a client may list in SMIMECapabilities (RFC 3565).
+_KEY_WRAPS: dict[str, Literal["aes128_wrap", "aes192_wrap", "aes256_wrap"]] = {
+    "2.16.840.1.101.3.4.1.5": "aes128_wrap",
+    "2.16.840.1.101.3.4.1.25": "aes192_wrap",
+    "2.16.840.1.101.3.4.1.45": "aes256_wrap",
+}
+
+
+def _end_entity_key_usage(key: object) -> x509.KeyUsage:
+    """keyUsage of an end-entity certificate for *key* (a public key).
+
+    digitalSignature for every key (TLS client and server authentication,
+    signing); keyEncipherment for RSA (key transport) and keyAgreement for EC
+    (ECDH): RFC 7030 4.4.1.2 "If the key identified is bound to an X.509
+    certificate, then the key MUST either explicitly support keyTransport or
+    keyAgreement", so these let a device receive a server-generated key
+    encrypted to it. EdDSA keys can only sign.
+    """
+    rsa_key = isinstance(key, rsa.RSAPublicKey)
+    ec_key = isinstance(key, ec.EllipticCurvePublicKey)
+    return x509.KeyUsage(
+        digital_signature=True, content_commitment=False, key_encipherment=rsa_key,
+        data_encipherment=False, key_agreement=ec_key, key_cert_sign=False, crl_sign=False,
+        encipher_only=False, decipher_only=False,
+    )
+
+
 class EmbeddedCA(CABackend):
     """The embedded CA backend (use :meth:`init` or :meth:`open`).
 
@@ -406,6 +435,15 @@ class EmbeddedCA(CABackend):
         self._issuer_ski = x509.SubjectKeyIdentifier.from_public_key(
             self.issuer_certificate.public_key()  # type: ignore[arg-type]
         )
+        # What every issued certificate shares, built once rather than per
+        # enrollment: the issuer and basicConstraints, as the start of each
+        # builder; and the AKI.
+        self._base_builder = (
+            x509.CertificateBuilder()
+            .issuer_name(self.issuer_certificate.subject)
+            .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
+        )
+        self._aki = x509.AuthorityKeyIdentifier.from_issuer_subject_key_identifier(self._issuer_ski)
         self._digest = auth.DigestAuthority(digest_secret, realm)
         self._cache_secret = secrets.token_bytes(32)
         self._basic_cache: dict[bytes, float] = {}
@@ -520,8 +558,7 @@ class EmbeddedCA(CABackend):
         key: PrivateKey, hostnames: Sequence[str], issuer: x509.Certificate, issuer_key: PrivateKey,
     ) -> x509.Certificate:
         now = datetime.datetime.now(datetime.timezone.utc)
-        usage = x509.KeyUsage(True, isinstance(key, rsa.RSAPrivateKey), False, False, False, False,
-                              False, False, False)
+        usage = _end_entity_key_usage(key.public_key())
         builder = (
             x509.CertificateBuilder()
             .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, hostnames[0])]))
@@ -930,17 +967,31 @@ class EmbeddedCA(CABackend):
             sans = list(cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value)
         except x509.ExtensionNotFound:
             sans = []
+        return EmbeddedCA._record_from(
+            cert, subject=cert.subject, sans=sans, not_after=cert.not_valid_after_utc,
+            requester=requester, request_der=request_der, label=label, operation=operation,
+        )
+
+    @staticmethod
+    def _record_from(
+        cert: x509.Certificate, *, subject: x509.Name, sans: Sequence[x509.GeneralName],
+        not_after: datetime.datetime, requester: str, request_der: bytes | None, label: str,
+        operation: str,
+    ) -> IssuedRecord:
+        """The record of *cert*, from the subject, SANs and notAfter it was
+        built with (parsing them back out of the new certificate would cost
+        as much as the rest of the record)."""
         return IssuedRecord(
             serial=format(cert.serial_number, "x"),
             der=cert.public_bytes(serialization.Encoding.DER),
-            subject=cert.subject.rfc4514_string(),
+            subject=subject.rfc4514_string(),
             san=_san_text(sans),
             requester=requester,
             request_der=request_der,
             label=label,
             operation=operation,
             issued_at=datetime.datetime.now(datetime.timezone.utc),
-            not_after=cert.not_valid_after_utc,
+            not_after=not_after,
         )
 
     def _issue(
@@ -968,20 +1019,17 @@ class EmbeddedCA(CABackend):
         if empty_subject and not sans:
             raise _Refused(400, "the CSR has neither a subject nor a subjectAltName")
         now = datetime.datetime.now(datetime.timezone.utc)
-        rsa_key = isinstance(key, rsa.RSAPublicKey)
+        # X.509 times have whole seconds: this is the notAfter the certificate holds.
+        not_after = (now + datetime.timedelta(days=profile.validity_days)).replace(microsecond=0)
         builder = (
-            x509.CertificateBuilder()
+            self._base_builder
+            .add_extension(_end_entity_key_usage(key), critical=True)
             .subject_name(csr.subject)
-            .issuer_name(self.issuer_certificate.subject)
             .public_key(key)  # type: ignore[arg-type]
             .not_valid_before(now - _BACKDATE)
-            .not_valid_after(now + datetime.timedelta(days=profile.validity_days))
-            .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
-            .add_extension(x509.KeyUsage(True, rsa_key, False, False, False, False, False, False, False),
-                           critical=True)
+            .not_valid_after(not_after)
             .add_extension(x509.SubjectKeyIdentifier.from_public_key(key), critical=False)  # type: ignore[arg-type]
-            .add_extension(x509.AuthorityKeyIdentifier.from_issuer_subject_key_identifier(
-                self._issuer_ski), critical=False)
+            .add_extension(self._aki, critical=False)
         )
         if profile.extended_key_usages:
             builder = builder.add_extension(
@@ -1000,8 +1048,9 @@ class EmbeddedCA(CABackend):
             cert = builder.serial_number(x509.random_serial_number()).sign(
                 self._issuer_key, _hash_for(self._issuer_key)  # type: ignore[arg-type]
             )
-            record = self._record(cert, requester=principal.name, request_der=request_der,
-                                  label=label, operation=operation.value)
+            record = self._record_from(
+                cert, subject=csr.subject, sans=sans, not_after=not_after, requester=principal.name,
+                request_der=request_der, label=label, operation=operation.value)
             try:
                 self.store.record_issued(record, pending_id=pending_id)
             except DuplicateSerialError:
@@ -1110,9 +1159,7 @@ class EmbeddedCA(CABackend):
             return ed448.Ed448PrivateKey.generate()
         return _new_key(self.settings.profile.serverkeygen_key_type)
 
-    def _key_recipient(
-        self, request: ServerKeygenRequest,
-    ) -> serverkey.KEKRecipient | serverkey.KeyTransRecipient | ErrorResponse | None:
+    def _key_recipient(self, request: ServerKeygenRequest) -> serverkey.Recipient | ErrorResponse | None:
         csr = request.csr
         if csr.decrypt_key_identifier is not None:
             kek = self.settings.keks.get(csr.decrypt_key_identifier)
@@ -1120,22 +1167,48 @@ class EmbeddedCA(CABackend):
                 return ErrorResponse(400, "unknown DecryptKeyIdentifier (RFC 7030 4.4.1.1)")
             return serverkey.KEKRecipient(csr.decrypt_key_identifier, kek)
         if csr.asymmetric_decrypt_key_identifier is not None:
-            # 4.4.1.2: the identifier names a key the client holds; the one
-            # we can vouch for is its verified TLS client certificate's.
-            cert = request.facts.client_certificate
-            ski = None
-            if cert is not None and request.facts.client_certificate_verified:
-                try:
-                    ski = cert.extensions.get_extension_for_class(x509.SubjectKeyIdentifier).value.digest
-                except x509.ExtensionNotFound:
-                    ski = None
-            public = cert.public_key() if cert is not None else None
-            if ski != csr.asymmetric_decrypt_key_identifier or not isinstance(public, rsa.RSAPublicKey):
-                return ErrorResponse(
-                    400, "AsymmetricDecryptKeyIdentifier must name the RSA key of the TLS client "
-                         "certificate (RFC 7030 4.4.1.2)")
-            return serverkey.KeyTransRecipient(public, subject_key_identifier=ski)
+            return self._asymmetric_recipient(request, csr.asymmetric_decrypt_key_identifier)
         return None
+
+    @staticmethod
+    def _asymmetric_recipient(
+        request: ServerKeygenRequest, identifier: bytes,
+    ) -> serverkey.Recipient | ErrorResponse:
+        """4.4.1.2: the identifier names a key the client holds; the one we
+        can vouch for is its verified TLS client certificate's: RSA gets key
+        transport (ktri), EC key agreement (kari), 4.4.2."""
+        cert = request.facts.client_certificate
+        ski = None
+        if cert is not None and request.facts.client_certificate_verified:
+            try:
+                ski = cert.extensions.get_extension_for_class(x509.SubjectKeyIdentifier).value.digest
+            except x509.ExtensionNotFound:
+                ski = None
+        if cert is None or ski != identifier:
+            return ErrorResponse(
+                400, "AsymmetricDecryptKeyIdentifier must name the key of the verified TLS client "
+                     "certificate (RFC 7030 4.4.1.2)")
+        try:
+            usage: x509.KeyUsage | None = cert.extensions.get_extension_for_class(x509.KeyUsage).value
+        except x509.ExtensionNotFound:
+            usage = None  # unrestricted
+        public = cert.public_key()
+        # 4.4.1.2: "the key MUST either explicitly support keyTransport or
+        # keyAgreement or its use MUST be unrestricted."
+        if isinstance(public, rsa.RSAPublicKey) and (usage is None or usage.key_encipherment):
+            return serverkey.KeyTransRecipient(public, subject_key_identifier=ski)
+        if isinstance(public, ec.EllipticCurvePublicKey) and (usage is None or usage.key_agreement):
+            # 4.4.2: keyEncryptionAlgorithm "is set to one of the key wrap
+            # algorithms that the client included in the SMIMECapabilities".
+            wrap = next((_KEY_WRAPS[oid] for oid in request.csr.smime_capabilities
+                         if oid in _KEY_WRAPS), None)
+            try:
+                return serverkey.KeyAgreeRecipient(public, subject_key_identifier=ski, key_wrap=wrap)
+            except LocalProtocolError:
+                pass  # a curve we do not agree keys on: refused below
+        return ErrorResponse(
+            400, "the TLS client certificate's key cannot receive an encrypted key: it must be RSA "
+                 "with keyEncipherment or EC (P-256/384/521) with keyAgreement (RFC 7030 4.4.1.2)")
 
     def serverkeygen(self, request: ServerKeygenRequest, principal: Principal) -> ServerResponse:
         """/serverkeygen (RFC 7030 4.4): a new key of the CSR key's type,

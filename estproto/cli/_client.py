@@ -411,6 +411,23 @@ def _cmd_reenroll(args: argparse.Namespace) -> int:
     return _enroll_like(args, reenroll=True)
 
 
+#: What this client can open, announced with --encrypt-key: AES key wrap
+#: (kari, RFC 3565) and RSAES-OAEP (ktri, RFC 4055).
+_DECRYPT_CAPABILITIES = (
+    "2.16.840.1.101.3.4.1.45",  # id-aes256-wrap
+    "2.16.840.1.101.3.4.1.5",  # id-aes128-wrap
+    "1.2.840.113549.1.1.7",  # id-RSAES-OAEP
+)
+
+
+def _key_identifier(cert: x509.Certificate) -> bytes:
+    """The certificate's subjectKeyIdentifier, or RFC 5280 4.2.1.2's method 1."""
+    try:
+        return cert.extensions.get_extension_for_class(x509.SubjectKeyIdentifier).value.digest
+    except x509.ExtensionNotFound:
+        return x509.SubjectKeyIdentifier.from_public_key(cert.public_key()).digest  # type: ignore[arg-type]
+
+
 def _cmd_serverkeygen(args: argparse.Namespace) -> int:
     session = _Session(args)
     if not args.key_out:
@@ -420,19 +437,38 @@ def _cmd_serverkeygen(args: argparse.Namespace) -> int:
     # signature in the CSR"; our throwaway key only says which type we want.
     throwaway = new_key(args.key_type or "p256")
     subject = _subject(args)
-    sans = parse_names(args.san or ())
+    csr_kwargs: dict[str, Any] = {"subject_alt_names": parse_names(args.san or ())}
+    decryption_key: pkcs10.PrivateKey | None = None
+    if args.encrypt_key:
+        if session.client_key is None:
+            raise CLIError(ExitCode.USAGE, "--encrypt-key needs --cert and --key: the server "
+                                           "encrypts the new key to that certificate's key")
+        decryption_key = session.client_key
+        # RFC 7030 4.4.1.2: AsymmetricDecryptKeyIdentifier names the key to
+        # encrypt to; 4.4.2: the server picks a key wrap algorithm from the
+        # SMIMECapabilities "that the client included".
+        csr_kwargs["asymmetric_decrypt_key_identifier"] = _key_identifier(session.client_chain[0])
+        csr_kwargs["smime_capabilities"] = _DECRYPT_CAPABILITIES
 
     async def run() -> int:
         async with await session.client() as client:
             if csr_der is not None:
-                result = await client.serverkeygen(csr_der)
+                # A ready-made CSR carries its own attributes; --encrypt-key
+                # then only says which key opens the answer.
+                result = await client.serverkeygen(csr_der, decryption_key=decryption_key)
             elif args.pop:
-                result = await client.serverkeygen_linked(throwaway, subject, subject_alt_names=sans)
+                result = await client.serverkeygen_linked(
+                    throwaway, subject, decryption_key=decryption_key, **csr_kwargs)
             else:
                 result = await client.serverkeygen(
-                    pkcs10.build_csr(throwaway, subject, subject_alt_names=sans))
+                    pkcs10.build_csr(throwaway, subject, **csr_kwargs), decryption_key=decryption_key)
         if result.private_key is None:
             raise CLIError(ExitCode.PROTOCOL, "the server sent an encrypted key we cannot open")
+        if args.encrypt_key and result.encrypted_key is None:
+            # The extra protection asked for is missing: refuse rather than
+            # quietly save a key that travelled under TLS alone.
+            raise CLIError(ExitCode.PROTOCOL, "the server sent the key unencrypted, "
+                                              "although --encrypt-key asked for encryption")
         if _spki(result.private_key.public_key()) != _spki(result.certificate.public_key()):
             raise CLIError(ExitCode.PROTOCOL, "the server's key does not match its certificate")
         write_private_key(args.key_out, result.private_key)
@@ -615,9 +651,14 @@ def add_parsers(commands: Any, formatter: type[argparse.HelpFormatter]) -> None:
     p = command("serverkeygen", "have the server generate the key and certificate (POST /serverkeygen)", [
         f"ESTPROTO_PASSWORD=secret estproto serverkeygen {url} --cacert ca.pem --user alice "
         "--subject CN=device-3 --key-out device3.key --out device3.pem",
+        f"estproto serverkeygen {url} --cacert ca.pem --cert device.pem --key device.key --encrypt-key "
+        "--subject CN=device-4 --key-out device4.key --out device4.pem",
     ])
     _common(p, credentials=True)
     _csr_options(p, key_out_help="where to save the key the server generated (required)")
+    p.add_argument("--encrypt-key", action="store_true",
+                   help="ask for the key encrypted to the --cert/--key certificate's key on top "
+                        "of TLS (RFC 7030 4.4.1.2)")
     _retry_options(p)
     p.set_defaults(func=_cmd_serverkeygen)
 

@@ -25,6 +25,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Final, Union
 
 from cryptography import x509
+from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.hazmat.primitives.asymmetric.types import PrivateKeyTypes
 
 from ._errors import LocalProtocolError
@@ -480,14 +481,24 @@ class ServerKeygen(_CSRClientRequest):
     Attributes:
         kek, kek_id: the symmetric key (and its DecryptKeyIdentifier) to
             open an encrypted key part (4.4.1.1).
-        decryption_key: the RSA private key to open a key part encrypted to
-            our AsymmetricDecryptKeyIdentifier (4.4.1.2).
+        decryption_key: the private key to open a key part encrypted to
+            our AsymmetricDecryptKeyIdentifier (4.4.1.2): RSA for key
+            transport (ktri), EC for key agreement (kari).
     """
 
     kek: bytes | None = field(default=None, repr=False)
     kek_id: bytes | None = None
     decryption_key: PrivateKeyTypes | None = field(default=None, repr=False)
     operation = Operation.SERVERKEYGEN
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        # Checked here, not when the answer arrives: a key that can never
+        # open one is the caller's mistake, not the server's.
+        if self.decryption_key is not None and not isinstance(
+            self.decryption_key, (rsa.RSAPrivateKey, ec.EllipticCurvePrivateKey)
+        ):
+            raise LocalProtocolError("ServerKeygen.decryption_key must be an RSA or EC private key")
 
 
 @dataclass(frozen=True, kw_only=True)

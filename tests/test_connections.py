@@ -190,6 +190,16 @@ def test_serverkeygen_encrypted_with_kek(bytewise: bool) -> None:
     assert result.private_key is None and result.encrypted_key is not None
 
 
+def test_serverkeygen_decryption_key_must_be_able_to_open_a_key() -> None:
+    # RSA opens a ktri, EC a kari (RFC 7030 4.4.2); an EdDSA key opens
+    # nothing, which is the caller's mistake, reported at once.
+    from cryptography.hazmat.primitives.asymmetric import ed25519
+
+    with pytest.raises(LocalProtocolError, match="RSA or EC"):
+        ServerKeygen(csr=csr_for(new_key()), decryption_key=ed25519.Ed25519PrivateKey.generate())
+    ServerKeygen(csr=csr_for(new_key()), decryption_key=new_key())
+
+
 def test_csrattrs_200_and_204(bytewise: bool) -> None:
     attrs = csrattrs.CsrAttributes((csrattrs.RequiredOID("1.2.840.113549.1.9.7"),))
     app = ReferenceApp(csr_attributes=attrs)

@@ -11,18 +11,48 @@ client's next retry.
 ``ca fingerprint`` prints the SHA-256 fingerprint of the root certificate,
 the out-of-band value a client checks when it bootstraps its trust
 (RFC 7030 4.1.1: ``estproto cacerts URL --fingerprint ...``).
+
+``ca issue`` is offline issuance by the operator: a certificate for a key it
+generates (``--subject``/``--san``/``--key-type``, the key saved with mode
+0600) or for a ready PKCS#10 (``--csr``, whose signature must verify). It
+goes through the CA's public :meth:`EmbeddedCA.enroll` with the operator as
+principal, so it is recorded in the store like any issuance (requester
+``operator:<account>``, operation ``simpleenroll``) and can authenticate as
+a TLS client certificate, which the CA accepts only from its store.
+``--ra`` issues a Registration Authority certificate: "If the client's
+certificate was issued by the EST CA, and it includes the id-kp-cmcRA
+[RFC6402] extended key usage extension, then the client is a Registration
+Authority (RA)" (RFC 7030 3.7). The profile is per CA, not per request, so
+the directory is opened with a profile holding the EKUs (and ``--days``)
+this one certificate needs.
 """
 
 from __future__ import annotations
 
 import argparse
 import getpass
+import sys
 from typing import Any, Callable
 
 from cryptography import x509
+from cryptography.hazmat.primitives import serialization
+from cryptography.x509.oid import ExtendedKeyUsageOID
 
-from ..ca import CAError, CASettings, EmbeddedCA, NotFoundError, PendingState, StateError, StoreError
-from ._common import CLIError, ExitCode, read_password
+from .._errors import DecodeError, LocalProtocolError
+from ..auth import ID_KP_CMC_RA
+from ..ca import (
+    CAError,
+    CASettings,
+    EmbeddedCA,
+    NotFoundError,
+    PendingState,
+    Profile,
+    StateError,
+    StoreError,
+)
+from ..codecs import pkcs10
+from ._client import KEY_TYPES, _read_csr, _subject, new_key
+from ._common import CLIError, ExitCode, parse_names, read_password, write_output, write_private_key
 
 __all__ = ["add_parser", "init_ca", "CA_KEY_TYPES"]
 
@@ -32,12 +62,23 @@ CA_KEY_TYPES = ("p256", "rsa", "ed25519")
 _REASONS = tuple(flag.value for flag in x509.ReasonFlags)
 
 
+def _account() -> str:
+    try:
+        return getpass.getuser()
+    except (KeyError, OSError):
+        return ""
+
+
 def _actor() -> str:
     # Recorded in the audit log: which local account ran the command.
-    try:
-        return f"cli:{getpass.getuser()}"
-    except (KeyError, OSError):
-        return "cli"
+    account = _account()
+    return f"cli:{account}" if account else "cli"
+
+
+def _operator() -> str:
+    # The requester of an operator issuance, as 'ca list' shows it.
+    account = _account()
+    return f"operator:{account}" if account else "operator"
 
 
 def init_ca(
@@ -66,16 +107,19 @@ def init_ca(
         raise CLIError(ExitCode.REFUSED, f"cannot initialise the CA in {data_dir}: {exc.strerror or exc}") from None
 
 
-def _open(data_dir: str) -> EmbeddedCA:
+def _open(data_dir: str, settings: CASettings | None = None) -> EmbeddedCA:
     try:
-        return EmbeddedCA.open(data_dir)
+        return EmbeddedCA.open(data_dir, settings=settings)
     except (CAError, StoreError) as exc:
         raise CLIError(ExitCode.REFUSED, str(exc)) from None
 
 
-def _with_ca(action: Callable[[EmbeddedCA, argparse.Namespace], int]) -> Callable[[argparse.Namespace], int]:
+def _with_ca(
+    action: Callable[[EmbeddedCA, argparse.Namespace], int],
+    settings: CASettings | None = None,
+) -> Callable[[argparse.Namespace], int]:
     def run(args: argparse.Namespace) -> int:
-        ca = _open(args.data_dir)
+        ca = _open(args.data_dir, settings)
         try:
             return action(ca, args)
         except (NotFoundError, StateError) as exc:
@@ -157,6 +201,102 @@ def _fingerprint(ca: EmbeddedCA, args: argparse.Namespace) -> int:
     return 0
 
 
+_EKU_NAMES = {
+    ExtendedKeyUsageOID.SERVER_AUTH: "serverAuth",
+    ExtendedKeyUsageOID.CLIENT_AUTH: "clientAuth",
+    ID_KP_CMC_RA: "cmcRA",
+}
+
+
+def _issue_settings(args: argparse.Namespace, csr: pkcs10.CertificationRequest) -> CASettings:
+    """The profile of this one certificate. The CA's other settings stay the
+    defaults: no manual approval (the operator's command is the approval)."""
+    ekus: tuple[x509.ObjectIdentifier, ...] = (ExtendedKeyUsageOID.CLIENT_AUTH,)
+    if args.ra:
+        ekus += (ID_KP_CMC_RA,)
+        if csr.subject_alt_names:
+            # A gateway is also the TLS server its devices talk EST to.
+            ekus = (ExtendedKeyUsageOID.SERVER_AUTH,) + ekus
+    if args.days is None:
+        return CASettings(profile=Profile(extended_key_usages=ekus))
+    return CASettings(profile=Profile(extended_key_usages=ekus, validity_days=args.days))
+
+
+def _issue_request(args: argparse.Namespace) -> tuple[pkcs10.CertificationRequest, pkcs10.PrivateKey | None]:
+    """Check the arguments and read or build the request, before the CA is
+    opened (a usage error records nothing).
+
+    Returns:
+        The request, and the generated key (None with ``--csr``), not yet saved.
+    """
+    if args.csr:
+        extra = [flag for flag, value in (("--subject", args.subject), ("--san", args.san),
+                                          ("--key-type", args.key_type), ("--key-out", args.key_out))
+                 if value]
+        if extra:
+            raise CLIError(ExitCode.USAGE, f"--csr carries the subject, names and key: "
+                                           f"drop {', '.join(extra)}")
+        der = _read_csr(args.csr)
+        try:
+            # Whoever made the request must hold its key: the self-signature
+            # is the proof (RFC 2986 section 3), operator or not.
+            return pkcs10.decode_csr(der, verify=True), None
+        except DecodeError as exc:
+            raise CLIError(ExitCode.REFUSED, f"{args.csr}: not issuing: {exc}") from None
+    if not args.key_out:
+        raise CLIError(ExitCode.USAGE, "a new key is generated: give --key-out FILE to keep it "
+                                       "(or --csr FILE for a request made elsewhere)")
+    subject = _subject(args)
+    sans = parse_names(args.san or ())
+    key = new_key(args.key_type or "p256")
+    try:
+        der = pkcs10.build_csr(key, subject, subject_alt_names=sans)
+    except LocalProtocolError as exc:
+        raise CLIError(ExitCode.USAGE, str(exc)) from None
+    return pkcs10.decode_csr(der, verify=False), key
+
+
+def _issue(
+    ca: EmbeddedCA, args: argparse.Namespace, csr: pkcs10.CertificationRequest, key: pkcs10.PrivateKey | None,
+) -> int:
+    from .._events import CertificateResponse, ConnectionFacts, SimpleEnrollRequest
+    from ..ca import Principal
+
+    if key is not None:
+        # Saved before issuing: no certificate is recorded for a key that
+        # could not be kept.
+        write_private_key(args.key_out, key)
+    request = SimpleEnrollRequest(label="", credentials=None, facts=ConnectionFacts(is_tls=False, peer="cli"),
+                                  csr=csr)
+    response = ca.enroll(request, Principal(_operator(), "operator"))
+    if not isinstance(response, CertificateResponse):
+        raise CLIError(ExitCode.REFUSED, f"not issued: {getattr(response, 'reason', response)}")
+    cert = response.certificate
+    subject = cert.subject.rfc4514_string()
+    ekus = ",".join(_EKU_NAMES.get(oid, oid.dotted_string) for oid in ca.settings.profile.extended_key_usages)
+    ca.store.audit(_actor(), "issue", f"serial={cert.serial_number:x} subject={subject} eku={ekus}")
+    chain = (cert,) + ca.ca_certificates[:-1]  # then any intermediate, never the root
+    write_output(args.out, b"".join(c.public_bytes(serialization.Encoding.PEM) for c in chain))
+    print(f"issued {cert.serial_number:x} ({subject}), EKU {ekus}, until {cert.not_valid_after_utc:%Y-%m-%d}",
+          file=sys.stderr)
+    return 0
+
+
+def _cmd_issue(args: argparse.Namespace) -> int:
+    csr, key = _issue_request(args)
+    return _with_ca(lambda ca, a: _issue(ca, a, csr, key), _issue_settings(args, csr))(args)
+
+
+def _positive(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError("must be at least 1")
+    return value
+
+
 # -- parser ------------------------------------------------------------------
 
 
@@ -222,3 +362,25 @@ def add_parser(commands: Any, formatter: type[argparse.HelpFormatter]) -> None:
     p = command("fingerprint", "print the root's SHA-256 fingerprint, for client bootstrap",
                 "estproto ca fingerprint --data-dir ./est-ca")
     p.set_defaults(func=_with_ca(_fingerprint))
+
+    p = command("issue", "issue a certificate offline, recorded in the store (--ra: an RA certificate)",
+                "estproto ca issue --data-dir ./est-ca --subject CN=gateway --san DNS:gw.example "
+                "--ra --key-out gw.key --out gw.pem\n"
+                "  estproto ca issue --data-dir ./est-ca --csr req.pem --out dev.pem")
+    g = p.add_argument_group("the request (a generated key, or --csr)")
+    g.add_argument("--subject", metavar="DN", help="subject, e.g. 'CN=gateway,O=Example'")
+    g.add_argument("--san", action="append", metavar="NAMES",
+                   help="subjectAltName entries: DNS:name,IP:addr,URI:uri,email:addr (repeatable)")
+    g.add_argument("--key-type", choices=KEY_TYPES, default=None,
+                   help="type of the generated key (default p256)")
+    g.add_argument("--key-out", metavar="FILE", help="where to save the generated key (PEM, mode 0600)")
+    g.add_argument("--csr", metavar="FILE",
+                   help="issue for this PKCS#10 (PEM or DER; its signature must verify) instead")
+    p.add_argument("--ra", action="store_true",
+                   help="a Registration Authority certificate (RFC 7030 3.7): EKU clientAuth and "
+                        "id-kp-cmcRA, plus serverAuth when it has subjectAltNames")
+    p.add_argument("--days", type=_positive, metavar="N", help="validity in days (default 365)")
+    p.add_argument("--out", metavar="FILE",
+                   help="write the certificate, then any intermediate CA, as PEM (default stdout)")
+    p.set_defaults(func=_cmd_issue)
+

@@ -205,6 +205,16 @@ class KEKRecipient:
             raise LocalProtocolError("KEKRecipient.kek must be a 16, 24 or 32 byte AES key")
 
 
+def _check_rid(recipient: KeyTransRecipient | KeyAgreeRecipient) -> None:
+    """The rid of a ktri or kari needs a key identifier or a certificate."""
+    ski = recipient.subject_key_identifier
+    if ski is not None and (not isinstance(ski, bytes) or not ski):
+        raise LocalProtocolError("subject_key_identifier must be non-empty bytes")
+    if ski is None and recipient.certificate is None:
+        raise LocalProtocolError(
+            f"{type(recipient).__name__} needs subject_key_identifier or certificate")
+
+
 @dataclass(frozen=True)
 class KeyTransRecipient:
     """A recipient with an RSA key-transport key (ktri).
@@ -230,14 +240,7 @@ class KeyTransRecipient:
     def __post_init__(self) -> None:
         if not isinstance(self.public_key, rsa.RSAPublicKey):
             raise LocalProtocolError("KeyTransRecipient.public_key must be an RSA public key")
-        if self.subject_key_identifier is not None and (
-            not isinstance(self.subject_key_identifier, bytes) or not self.subject_key_identifier
-        ):
-            raise LocalProtocolError("subject_key_identifier must be non-empty bytes")
-        if self.subject_key_identifier is None and self.certificate is None:
-            raise LocalProtocolError(
-                "KeyTransRecipient needs subject_key_identifier or certificate"
-            )
+        _check_rid(self)
         if self.oaep_hash not in ("sha256", "sha384", "sha512"):
             raise LocalProtocolError(f"unsupported OAEP hash {self.oaep_hash!r}")
 
@@ -298,13 +301,7 @@ class KeyAgreeRecipient:
         if self.public_key.curve.name not in _KARI_CURVES:
             raise LocalProtocolError(
                 f"unsupported key agreement curve {self.public_key.curve.name}")
-        if self.subject_key_identifier is not None and (
-            not isinstance(self.subject_key_identifier, bytes) or not self.subject_key_identifier
-        ):
-            raise LocalProtocolError("subject_key_identifier must be non-empty bytes")
-        if self.subject_key_identifier is None and self.certificate is None:
-            raise LocalProtocolError(
-                "KeyAgreeRecipient needs subject_key_identifier or certificate")
+        _check_rid(self)
         if self.kdf_hash is not None and self.kdf_hash not in _SCHEME_BY_KDF_HASH:
             raise LocalProtocolError(f"unsupported KDF hash {self.kdf_hash!r}")
         if self.key_wrap is not None and self.key_wrap not in _KARI_WRAPS:

@@ -7,9 +7,12 @@ the server sends, ``receive_data`` and ``data_to_send`` return normally and
 connection ends in finitely many events.
 
 Input layout: byte 0 picks the request (low 3 bits: cacerts, csrattrs,
-simpleenroll, simplereenroll, serverkeygen, encrypted serverkeygen, fullcmc)
-and the transport (bit 3: TLS 1.3 after a real handshake with a real server
-TLS layer, else plain HTTP with ``ClientConfig(tls=None)``); byte 1 how the
+simpleenroll, simplereenroll, serverkeygen, KEK-encrypted serverkeygen,
+fullcmc, labelled simpleenroll; with bit 4 set, serverkeygen opened with
+the fixed P-256 key-agreement key (kari) or with the RSA key (ktri), the
+rest wrapping round) and the transport (bit 3: TLS 1.3 after a real
+handshake with a real server TLS layer, else plain HTTP with
+``ClientConfig(tls=None)``); byte 1 how the
 response is cut into reads (0 = one read); the rest is the server's response
 byte stream (HTTP, as plaintext inside TLS). The client holds Basic
 credentials, so 401 challenges are answered on the same connection.
@@ -50,6 +53,9 @@ def make_targets() -> Mapping[str, _harness.Target]:
         GetCACerts(), GetCSRAttrs(), SimpleEnroll(csr=csr), SimpleReenroll(csr=csr),
         ServerKeygen(csr=csr), ServerKeygen(csr=csr, kek=_seeds.KEK, kek_id=_seeds.KEK_ID),
         FullCMC(request=s["decode_full_pki_request"][0]), SimpleEnroll(csr=csr, label="tenant"),
+        # bit 4 of byte 0 (added later, so older saved inputs keep their meaning)
+        ServerKeygen(csr=csr, decryption_key=_seeds.material().kari_p256_key),
+        ServerKeygen(csr=csr, decryption_key=_seeds.material().rsa_key),
     ]
     creds = Credentials("alice", "secret")
     plain_config = ch.client_config(tls=False)
@@ -72,7 +78,7 @@ def make_targets() -> Mapping[str, _harness.Target]:
     def target(data: bytes) -> None:
         if len(data) < 2:
             return
-        request = requests[data[0] & 7]
+        request = requests[((data[0] & 7) | ((data[0] >> 1) & 8)) % len(requests)]
         use_tls = bool(data[0] & 8)
         size, payload = data[1], data[2:]
         pieces = [payload] if size == 0 else [payload[i : i + size] for i in range(0, len(payload), size)]
@@ -135,6 +141,10 @@ def make_seeds() -> Mapping[str, list[bytes]]:
         s["decode_private_key"][0], s["decode_certs_only"][0], boundary="est")
     mt_enc, keygen_enc = multipart.encode_serverkeygen_response(
         s["open_enveloped_data"][0], s["decode_certs_only"][0], key_encrypted=True, boundary="est")
+    mt_kari, keygen_kari = multipart.encode_serverkeygen_response(
+        s["open_enveloped_data"][2], s["decode_certs_only"][0], key_encrypted=True, boundary="est")
+    mt_ktri, keygen_ktri = multipart.encode_serverkeygen_response(
+        s["open_enveloped_data"][1], s["decode_certs_only"][0], key_encrypted=True, boundary="est")
     challenge = 'WWW-Authenticate: Basic realm="est"\r\n'
     per_request = {
         0: response("200 OK", certs, "application/pkcs7-mime"),
@@ -146,6 +156,8 @@ def make_seeds() -> Mapping[str, list[bytes]]:
         6: response("200 OK", cmc_ok, "application/pkcs7-mime; smime-type=CMC-response"),
         7: response("401 Unauthorized", extra=challenge)
         + response("200 OK", certs, "application/pkcs7-mime"),
+        16: response("200 OK", keygen_kari, f"multipart/mixed; boundary={mt_kari.boundary}"),
+        17: response("200 OK", keygen_ktri, f"multipart/mixed; boundary={mt_ktri.boundary}"),
     }
     seeds = []
     for index, body in per_request.items():

@@ -101,19 +101,35 @@ def make_targets() -> Mapping[str, _harness.Target]:
             except DecodeError:
                 pass
 
+    # Every kind of recipient key: kekri (KEK), ktri (RSA), kari (the fixed
+    # P-256 and P-384 keys; P-384 also picked by certificate, so the rid
+    # matching runs, and P-256 with no identifier, trying every kari).
+    open_keys: list[dict[str, Any]] = [
+        {"kek": _seeds.KEK, "key_identifier": _seeds.KEK_ID},
+        {"recipient_private_key": m.rsa_key},
+        {"recipient_private_key": m.kari_p256_key},
+        {"recipient_private_key": m.kari_p384_key, "recipient_certificate": m.kari_p384_cert},
+    ]
+    # The key package: signed by the CA (checked against it), or, for the
+    # P-256 kari, by whoever's certificate the message carries (so an input
+    # found past the signature check replays in another process too).
+    package_keys: list[dict[str, Any]] = [
+        {"kek": _seeds.KEK, "verify_with": m.ca, "lenient": True},
+        {"recipient_private_key": m.kari_p256_key},
+        {"recipient_private_key": m.kari_p384_key, "verify_with": m.ca, "lenient": True},
+    ]
+
     def open_enveloped_data(data: bytes) -> None:
-        try:
-            serverkey.open_enveloped_data(data, kek=_seeds.KEK, key_identifier=_seeds.KEK_ID)
-        except DecodeError:
-            pass
-        try:
-            serverkey.open_enveloped_data(data, recipient_private_key=m.rsa_key)
-        except DecodeError:
-            pass
-        try:
-            serverkey.decrypt_key_package(data, kek=_seeds.KEK, verify_with=m.ca, lenient=True)
-        except DecodeError:
-            pass
+        for kwargs in open_keys:
+            try:
+                serverkey.open_enveloped_data(data, **kwargs)
+            except DecodeError:
+                pass
+        for kwargs in package_keys:
+            try:
+                serverkey.decrypt_key_package(data, **kwargs)
+            except DecodeError:
+                pass
 
     def decode_full_pki_request(data: bytes) -> None:
         for verify, lenient in ((True, False), (False, True)):

@@ -81,6 +81,8 @@ __all__ = [
     "RECEIVE_SIZE",
     "WRITE_TIMEOUT",
     "CLOSE_TIMEOUT",
+    "LINGER_TIMEOUT",
+    "LINGER_BYTES",
     "CONNECT_TIMEOUT",
     "ACCEPT_RETRY_DELAY",
     "MAX_RETRIES",
@@ -122,6 +124,13 @@ WRITE_TIMEOUT = REQUEST_TIMEOUT
 #: Seconds spent sending the last bytes (close_notify) before closing a
 #: socket; closing must not wait on a peer that stopped reading.
 CLOSE_TIMEOUT = 2.0
+
+#: Seconds, and bytes, a server keeps reading and dropping after its last
+#: response before it closes (RFC 9112 section 9.6 "lingering close"): a
+#: client still sending a request we refused (413, 431 ...) then reads our
+#: answer instead of a connection reset that destroys it.
+LINGER_TIMEOUT = 2.0
+LINGER_BYTES = 4 * 1024 * 1024
 
 #: Seconds for the TCP connect, the same as the TLS handshake deadline.
 CONNECT_TIMEOUT = HANDSHAKE_TIMEOUT

@@ -50,6 +50,8 @@ from ._adapter_common import (
     ACCEPT_RETRY_DELAY,
     CLOSE_TIMEOUT,
     HANDLER_THREADS,
+    LINGER_BYTES,
+    LINGER_TIMEOUT,
     MAX_CONNECTIONS,
     RECEIVE_SIZE,
     SERVER_LOGGER,
@@ -186,7 +188,8 @@ class _Stream(asyncio.Protocol):
         if self._error is not None:
             raise ConnectionError(str(self._error))
 
-    async def aclose(self, final: bytes = b"") -> None:
+    async def aclose(self, final: bytes = b"", *, linger: bool = False) -> None:
+        """Send *final*, half-close, and (*linger*) drain the peer, then close."""
         transport = self._transport
         if transport is None or transport.is_closing():
             return
@@ -198,10 +201,26 @@ class _Stream(asyncio.Protocol):
         except (OSError, RuntimeError):
             transport.abort()
             return
+        if linger:
+            await self._linger()
         # close() flushes what is buffered; abort() if the peer won't read.
         transport.close()
         if transport.get_write_buffer_size():
             self._loop.call_later(CLOSE_TIMEOUT, transport.abort)
+
+    async def _linger(self) -> None:
+        # RFC 9112 9.6: closing with unread bytes makes the kernel send a
+        # reset, which can destroy the response the peer has not read yet.
+        deadline = self._loop.time() + LINGER_TIMEOUT
+        dropped = 0
+        try:
+            while dropped <= LINGER_BYTES:
+                data = await self.receive(deadline)
+                if not data:
+                    return  # the peer closed, or time is up
+                dropped += len(data)
+        except OSError:
+            return  # the peer is gone
 
     def abort(self) -> None:
         if self._transport is not None:
@@ -377,8 +396,10 @@ class ESTServer:
             self._log.exception("connection from %s crashed", peer)
             stream.abort()
             return
-        # The last bytes (a response, an alert, close_notify), then close.
-        await stream.aclose(conn.data_to_send())
+        # The last bytes (a response, an alert, close_notify), then close,
+        # gently if the peer may still be sending (unless shutting down).
+        await stream.aclose(conn.data_to_send(),
+                            linger=conn.request_cut_short and not self._draining)
 
     async def _pump(self, record: _Connection) -> None:
         conn, stream, peer = record.conn, record.stream, record.peer

@@ -87,6 +87,7 @@ class ServerConnection:
         self._events: deque[Event] = deque()
         self._plain_out: list[bytes] = []
         self._facts: ConnectionFacts | None = None
+        self._cut_short = False
         self._deadline: float | None = now + (
             config.handshake_timeout if self._tls is not None else config.idle_timeout
         )
@@ -103,6 +104,15 @@ class ServerConnection:
         """True once nothing more will be read: write the last
         :meth:`data_to_send` and close the transport."""
         return self._sm.state in (ConnectionState.CLOSING, ConnectionState.CLOSED)
+
+    @property
+    def request_cut_short(self) -> bool:
+        """True once the connection was closed after answering a request it
+        had not read to the end (an early 400, 408, 413 or 431): the peer
+        may still be sending it. RFC 9112 section 9.6: closing at once can
+        make the peer's TCP reset destroy that answer, so the transport
+        should half-close and keep reading (and dropping) for a while."""
+        return self._cut_short
 
     @property
     def facts(self) -> ConnectionFacts | None:
@@ -270,6 +280,7 @@ class ServerConnection:
         try:
             self._write(self._http.send_error(status, reason))
             sent: int | None = status
+            self._cut_short = True
         except LocalProtocolError:
             sent = None  # a response already went out; just close
         self._close()

@@ -43,6 +43,8 @@ from ._adapter_common import (
     ACCEPT_RETRY_DELAY,
     CLOSE_TIMEOUT,
     HANDLER_THREADS,
+    LINGER_BYTES,
+    LINGER_TIMEOUT,
     MAX_CONNECTIONS,
     RECEIVE_SIZE,
     SERVER_LOGGER,
@@ -117,7 +119,8 @@ class _Stream:
             return
         raise TimeoutError("write timed out: the peer stopped reading")
 
-    async def aclose(self, final: bytes = b"") -> None:
+    async def aclose(self, final: bytes = b"", *, linger: bool = False) -> None:
+        """Send *final*, half-close, and (*linger*) drain the peer, then close."""
         # Shielded and short: closing must work inside a cancelled scope.
         with trio.CancelScope(shield=True) as scope:
             scope.deadline = trio.current_time() + CLOSE_TIMEOUT
@@ -126,8 +129,24 @@ class _Stream:
                     await self._stream.send_all(final)
                 await self._stream.send_eof()
             except (*_TRANSPORT_ERRORS, trio.BusyResourceError):
-                pass  # the peer is gone: nothing more to tell it
+                linger = False  # the peer is gone: nothing more to tell it
+            if linger:
+                scope.deadline = trio.current_time() + LINGER_TIMEOUT
+                await self._linger()
             await self._stream.aclose()
+
+    async def _linger(self) -> None:
+        # RFC 9112 9.6: closing with unread bytes makes the kernel send a
+        # reset, which can destroy the response the peer has not read yet.
+        dropped = 0
+        try:
+            while dropped <= LINGER_BYTES:
+                data = await self._stream.receive_some(RECEIVE_SIZE)
+                if not data:
+                    return  # the peer closed
+                dropped += len(data)
+        except _TRANSPORT_ERRORS:
+            return  # the peer is gone
 
 
 class _Connection:
@@ -270,8 +289,11 @@ class ESTServer:
                     self._log.exception("connection from %s crashed", peer)
             # The last bytes (a response, an alert, close_notify) if the
             # connection ended in order; nothing after a failure.
-            final = conn.data_to_send() if conn.closed and not scope.cancelled_caught else b""
-            await stream.aclose(final)
+            orderly = conn.closed and not scope.cancelled_caught
+            final = conn.data_to_send() if orderly else b""
+            # Gently if the peer may still be sending (unless shutting down).
+            linger = orderly and conn.request_cut_short and not self._draining
+            await stream.aclose(final, linger=linger)
         finally:
             if record is not None:
                 self._connections.discard(record)

@@ -19,6 +19,7 @@ import functools
 import http.client
 import ipaddress
 import logging
+import os
 import socket
 import ssl
 import struct
@@ -664,6 +665,52 @@ def test_request_log_lines(kit: Any, caplog: pytest.LogCaptureFixture) -> None:
     for record in caplog.records:
         text = record.getMessage() + repr(record.__dict__)
         assert PASSWORD not in text and encoded not in text
+
+
+def _refused_then_keep_sending(port: int) -> tuple[bytes, int]:
+    """Announce a body over the limit, read the whole answer (up to the
+    server's close), then go on sending for a while, as a client still
+    uploading does. Returns the answer and how many chunks went through
+    before the connection was reset (all of them while the server lingers)."""
+    context = ssl.create_default_context(cadata=pem(CA_CERT).decode())
+    head = (b"POST /.well-known/est/simpleenroll HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+            b"Content-Type: application/pkcs10\r\nContent-Length: 1048576\r\n\r\n")
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as raw:
+        with context.wrap_socket(raw, server_hostname="127.0.0.1") as tls:
+            tls.sendall(head)
+            answer = b""
+            while chunk := tls.recv(4096):  # b"" at the server's close_notify
+                answer += chunk
+            # The rest of the "upload" on the TCP connection itself: the
+            # server has half-closed; bytes it no longer reads would make
+            # its kernel answer with a reset.
+            with socket.socket(fileno=os.dup(tls.fileno())) as same:
+                sent = 0
+                try:
+                    for _ in range(20):
+                        same.sendall(b"A" * 8192)
+                        sent += 1
+                        time.sleep(0.01)
+                except OSError:
+                    pass
+            return answer, sent
+
+
+def test_refused_upload_lingers_before_closing(kit: Any) -> None:
+    # The server answers 413 as soon as the head announces too much, while
+    # the client may still be sending. RFC 9112 9.6: closing at once makes
+    # the kernel reset the connection, which can destroy the 413 before the
+    # client reads it; the server half-closes and drains for a while instead.
+    async def main() -> None:
+        cfg = config(http=HTTPLimits(max_body_size=4096))
+        async with kit.server(TestCA(), cfg) as server:
+            answer, sent = await kit.to_thread(_refused_then_keep_sending, server.port)
+            assert answer.startswith(b"HTTP/1.1 413 "), answer[:200]
+            assert sent == 20
+            async with client(kit, server.port) as c:  # and it still serves
+                assert await c.cacerts() == (CA_CERT,)
+
+    kit.run(main)
 
 
 def _stdlib_get_cacerts(port: int) -> tuple[int, str, bytes]:

@@ -630,6 +630,26 @@ def test_eof_mid_request(bytewise: bool) -> None:
     assert pair.server.closed
 
 
+def test_request_cut_short_only_when_answered_before_read(bytewise: bool) -> None:
+    # An early 413 (the head announces too much) leaves the body unread: the
+    # adapter must close gently (RFC 9112 9.6), so the connection says so.
+    pair = make_pair(bytewise)
+    pair.handshake()
+    pair.client._tls.write(  # type: ignore[union-attr]
+        b"POST /.well-known/est/simpleenroll HTTP/1.1\r\nHost: a\r\n"
+        b"Content-Length: 99999999\r\n\r\nMII")
+    pair.feed(pair.server, pair.client.data_to_send())
+    event = pair.server.next_event()
+    assert isinstance(event, ConnectionTerminated) and event.status == 413
+    assert pair.server.closed and pair.server.request_cut_short
+    # A connection that ends in order never was.
+    calm = make_pair(bytewise)
+    assert isinstance(calm.roundtrip(GetCACerts()), CACertsReceived)
+    calm.client.close()
+    calm.pump()
+    assert calm.server.closed and not calm.server.request_cut_short
+
+
 def test_eof_awaiting_response(bytewise: bool) -> None:
     # server side: the request was emitted, then the client vanished
     pair = Pair(server_config(), client_config(), app=None, byte_at_a_time=bytewise,

@@ -518,7 +518,14 @@ class ClientBase(abc.ABC):
             event = conn.next_event()
             # Flush even on NEED_DATA: a 401 answered in place was just
             # written by next_event itself.
-            await self._flush(conn, stream)
+            try:
+                await self._flush(conn, stream)
+            except ConnectionError:
+                early = await self._answer_after_failed_write(conn, stream)
+                if early is None:
+                    raise
+                await self._retire()
+                return early
             if event is NEED_DATA:
                 await self._read_into(conn, stream)
                 continue
@@ -527,6 +534,33 @@ class ClientBase(abc.ABC):
                 self._unexpected(event)
             if conn.closed:  # "Connection: close": finish it now
                 await self._retire()
+            return event  # type: ignore[return-value]
+
+    async def _answer_after_failed_write(
+        self, conn: ClientConnection, stream: ByteStream
+    ) -> ClientResultEvent | None:
+        """The server's answer, if it came before our write failed.
+
+        A server may answer a request before reading all of it (a 413 to a
+        body too large) and close while we are still writing; RFC 9110
+        15.5.14 allows that. Its answer can be waiting unread: read what is
+        left (bounded by :data:`CLOSE_TIMEOUT`) before calling it a network
+        failure. Returns None when no complete answer arrived.
+        """
+        deadline = self._clock() + CLOSE_TIMEOUT
+        while True:
+            try:
+                data = await stream.receive(deadline)
+            except OSError:
+                data = b""  # reset: what arrived before it was already read
+            if data is None:
+                return None  # time is up
+            conn.receive_data(data, now=self._clock())
+            event = conn.next_event()
+            if event is NEED_DATA and data:
+                continue
+            if event is NEED_DATA or isinstance(event, (ConnectionClosed, ConnectionTerminated)):
+                return None
             return event  # type: ignore[return-value]
 
     async def _exchange(

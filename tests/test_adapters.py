@@ -49,6 +49,8 @@ from estproto import (
     FullCMCResponse,
     GetCACerts,
     HTTPLimits,
+    RawRequest,
+    RawResponseReceived,
     RetryLater,
     ServerConfig,
     ServerKeygenRequest,
@@ -711,6 +713,57 @@ def test_refused_upload_lingers_before_closing(kit: Any) -> None:
                 assert await c.cacerts() == (CA_CERT,)
 
     kit.run(main)
+
+
+class _ImpatientServer:
+    """A TLS server (stdlib ssl) that answers 413 to the head alone and
+    resets the connection at once, without reading the body: what a server
+    that does not linger does to a client still uploading."""
+
+    def __init__(self, tmp: Any) -> None:
+        (tmp / "cert.pem").write_bytes(pem(SERVER_CERT))
+        (tmp / "key.pem").write_bytes(SERVER_KEY.private_bytes(
+            serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption()))
+        self.context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        self.context.load_cert_chain(str(tmp / "cert.pem"), str(tmp / "key.pem"))
+        self.listener = socket.create_server(("127.0.0.1", 0))
+        self.port = self.listener.getsockname()[1]
+        self.thread = threading.Thread(target=self._serve_one, daemon=True)
+        self.thread.start()
+
+    def _serve_one(self) -> None:
+        raw, _ = self.listener.accept()
+        with self.context.wrap_socket(raw, server_side=True) as tls:
+            head = b""
+            while b"\r\n\r\n" not in head:
+                head += tls.recv(4096)
+            tls.sendall(b"HTTP/1.1 413 Payload Too Large\r\nContent-Type: text/plain\r\n"
+                        b"Content-Length: 9\r\nConnection: close\r\n\r\ntoo large")
+            tls.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+
+    def close(self) -> None:
+        self.thread.join(10)
+        self.listener.close()
+
+
+def test_client_reads_an_answer_that_came_before_its_write_failed(kit: Any, tmp_path: Any) -> None:
+    # RFC 9110 15.5.14 lets a server answer 413 and close while the body is
+    # still coming; the client must report that answer, not a reset.
+    server = _ImpatientServer(tmp_path)
+
+    async def main() -> None:
+        async with client(kit, server.port) as c:
+            result = await c.request(RawRequest(
+                method="POST", target="/.well-known/est/simpleenroll", body=b"A" * (8 << 20),
+                extra_headers=(("Content-Type", "application/pkcs10"),)))
+            assert isinstance(result, RawResponseReceived)
+            assert result.status == 413 and result.body == b"too large"
+
+    try:
+        kit.run(main)
+    finally:
+        server.close()
 
 
 def _stdlib_get_cacerts(port: int) -> tuple[int, str, bytes]:

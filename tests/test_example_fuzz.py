@@ -24,7 +24,6 @@ Servers run in the test's own ``trio.run`` (estproto) or a thread
 from __future__ import annotations
 
 import http.server
-import importlib.util
 import os
 import re
 import ssl
@@ -32,7 +31,6 @@ import sys
 import threading
 import time
 from pathlib import Path
-from types import ModuleType
 from typing import Any, Awaitable, Callable, Iterator
 
 import pytest
@@ -46,8 +44,8 @@ from estproto import ClientTLSContext
 from estproto.ca import CASettings, EmbeddedCA
 from estproto.client import Credentials
 from estproto.codecs import transfer
+from examples_helper import EXAMPLES, load_example
 
-EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
 USER, PASSWORD = "fuzzer", "fuzz-pass"
 SEED = 20240
 #: No test may run longer than this (seconds): a hang fails the test.
@@ -55,16 +53,8 @@ DEADLINE = 30.0
 SUMMARY_RE = re.compile(r"^(\d+) requests, (\d+) findings$")
 
 
-def _load(stem: str) -> ModuleType:
-    spec = importlib.util.spec_from_file_location(f"example_{stem}", EXAMPLES / f"{stem}.py")
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
-    return module
 
-
-fuzzer = _load("fuzz_est_server")
+fuzzer = load_example("fuzz_est_server")
 
 
 @pytest.fixture(scope="module")

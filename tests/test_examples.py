@@ -4,11 +4,9 @@ from __future__ import annotations
 
 import base64
 import http.client
-import importlib.util
 import shutil
 import ssl
 import subprocess
-import sys
 import threading
 from pathlib import Path
 from types import ModuleType
@@ -21,22 +19,14 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from conftest import require_tool
 from estproto.codecs import pkcs7, pkcs10, transfer
 from pki import name
+from examples_helper import load_example
 
-EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
 
-
-def _load(stem: str) -> ModuleType:
-    spec = importlib.util.spec_from_file_location(stem, EXAMPLES / f"{stem}.py")
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[stem] = module
-    spec.loader.exec_module(module)
-    return module
 
 
 @pytest.fixture
 def layer_server() -> Iterator[tuple[ModuleType, object, int]]:
-    example = _load("est_layer_in_http_server")
+    example = load_example("est_layer_in_http_server")
     ca = example.TinyCA()
     httpd = example.make_server(ca)
     thread = threading.Thread(target=httpd.serve_forever, daemon=True)

@@ -19,7 +19,6 @@ from __future__ import annotations
 import asyncio
 import datetime
 import http.client
-import importlib.util
 import os
 import select
 import signal
@@ -28,7 +27,6 @@ import subprocess
 import sys
 import time
 from pathlib import Path
-from types import ModuleType
 from typing import Any, Iterator, Sequence
 
 import pytest
@@ -47,8 +45,8 @@ from estproto.auth import is_ra_certificate
 from estproto.ca import EmbeddedCA
 from estproto.client import Credentials
 from estproto.codecs import pkcs10
+from examples_helper import EXAMPLES, load_example
 
-EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
 
 #: No test may run longer than this (seconds): a hang fails the test.
 DEADLINE = 20.0
@@ -57,18 +55,10 @@ ID_KP_CMC_RA = x509.ObjectIdentifier("1.3.6.1.5.5.7.3.28")
 SPKI = serialization.PublicFormat.SubjectPublicKeyInfo
 
 
-def _load(stem: str) -> ModuleType:
-    spec = importlib.util.spec_from_file_location(f"example_{stem}", EXAMPLES / f"{stem}.py")
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
-    return module
 
-
-trio_custom_backend = _load("trio_custom_backend")
-gateway_ra = _load("gateway_ra")
-renewing_client = _load("renewing_client")
+trio_custom_backend = load_example("trio_custom_backend")
+gateway_ra = load_example("gateway_ra")
+renewing_client = load_example("renewing_client")
 
 
 def name(cn: str) -> x509.Name:

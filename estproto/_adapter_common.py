@@ -47,6 +47,7 @@ from ._events import (
     CACertsReceived,
     CertificateIssued,
     ClientRequest,
+    ClientResult,
     ClientResultEvent,
     ConnectionClosed,
     ConnectionTerminated,
@@ -521,13 +522,25 @@ class ClientBase(abc.ABC):
             try:
                 await self._flush(conn, stream)
             except ConnectionError:
+                if isinstance(event, ClientResult):
+                    # The answer is complete; only what followed it (our
+                    # close_notify to a server that already left) was lost.
+                    await self._retire()
+                    return event  # type: ignore[return-value]
                 early = await self._answer_after_failed_write(conn, stream)
                 if early is None:
                     raise
                 await self._retire()
                 return early
             if event is NEED_DATA:
-                await self._read_into(conn, stream)
+                try:
+                    await self._read_into(conn, stream)
+                except ConnectionError:
+                    ended = self._answer_at_reset(conn)
+                    if ended is None:
+                        raise
+                    await self._retire()
+                    return ended
                 continue
             assert event is not PAUSED
             if isinstance(event, (ConnectionClosed, ConnectionTerminated)):
@@ -535,6 +548,22 @@ class ClientBase(abc.ABC):
             if conn.closed:  # "Connection: close": finish it now
                 await self._retire()
             return event  # type: ignore[return-value]
+
+    def _answer_at_reset(self, conn: ClientConnection) -> ClientResultEvent | None:
+        """What the core makes of the connection ending here, after a reset.
+
+        A reset ends the byte stream as EOF does, so the core is told EOF and
+        decides: a response delimited by the close (libest's 202) is complete,
+        and a 401 it answered in place comes back with its ``retry`` for a
+        new connection. Returns None when nothing usable arrived (the caller
+        then reports the reset itself).
+        """
+        conn.receive_data(b"", now=self._clock())
+        try:
+            event = conn.next_event()
+        except RemoteProtocolError:
+            return None
+        return event if isinstance(event, ClientResult) else None
 
     async def _answer_after_failed_write(
         self, conn: ClientConnection, stream: ByteStream

@@ -19,7 +19,13 @@ server is authorized (RFC 7030 3.2.3: "The client MUST NOT respond to the
 server's HTTP authentication request unless the client has authorized the EST
 server"): on the same connection when the server keeps it open, otherwise by
 handing back a ready ``retry`` request in :class:`AuthenticationChallenged`
-for a new connection.
+for a new connection. A server may also close right after a 401 that did not
+say ``Connection: close`` (libest's estserver does; RFC 9112 9.3 lets a server
+close at any time): when the answer sent in place gets no byte of response
+before the connection ends, :meth:`next_event` hands back the same
+``AuthenticationChallenged`` with its ``retry``, exactly as if the 401 had
+announced the close. An adapter whose transport fails outright (a reset)
+feeds EOF (``receive_data(b"")``) and asks :meth:`next_event` the same way.
 
 Bootstrap (7030 4.1.1): with a context that does not verify the server, the
 connection only sends /cacerts (and /fullcmc, which 4.1.1 also allows) and
@@ -59,7 +65,7 @@ from ._events import (
     Sentinel,
 )
 from ._http import NEED_DATA as HTTP_NEED_DATA
-from ._http import HTTPClient, Response
+from ._http import ClosedBeforeResponse, HTTPClient, Response
 from ._paths import Operation
 from ._state import CLIENT_TRANSITIONS, ConnectionState, ConnectionStateMachine, Input
 from ._tls import ChannelBinding, PeerCertificate, TLSError, TLSLayer, TLSSession
@@ -146,6 +152,10 @@ class ClientConnection:
         self._queued: bytes | None = None  # request bytes waiting for the handshake
         self._current: ClientRequest | None = None  # sent, response awaited
         self._answered_challenge = False
+        # The 401 answered in place on this connection, until a byte of the
+        # response to that answer arrives: handed back for a new connection
+        # if the server closes first.
+        self._challenge: AuthenticationChallenged | None = None
         self._error: RemoteProtocolError | None = None
         self._terminated: ConnectionTerminated | None = None
         self._deadline: float | None = (
@@ -354,13 +364,23 @@ class ClientConnection:
                 self._close()
                 return _CLOSED
             return NEED_DATA
+        challenge, self._challenge = self._challenge, None
         try:
             response = self._http.next_response()
-        except RemoteProtocolError as exc:
+        except ClosedBeforeResponse:
             self._current = None
             self._close()
-            raise exc
+            if challenge is None:
+                raise
+            # The server closed after its 401 without saying so: our answer
+            # never reached it. Hand it back for a new connection.
+            return challenge
+        except RemoteProtocolError:
+            self._current = None
+            self._close()
+            raise
         if response is HTTP_NEED_DATA:
+            self._challenge = challenge
             return NEED_DATA
         assert isinstance(response, Response)
         try:
@@ -373,11 +393,12 @@ class ClientConnection:
         self._deadline = None
         if isinstance(result, AuthenticationChallenged):
             retry = self._answer(request, result)
+            result = AuthenticationChallenged(result.challenges, retry)
             if retry is not None and self._http.keep_alive:
                 self._answered_challenge = True
                 self._write_request(retry)
+                self._challenge = result
                 return self.next_event()
-            result = AuthenticationChallenged(result.challenges, retry)
         self._sm.process(Input.RESPONSE_DONE)
         if not self._http.keep_alive:
             self._close()

@@ -302,6 +302,43 @@ def test_401_without_www_authenticate_libest(bytewise: bool) -> None:
     assert len(server.requests) == 1
 
 
+def test_401_answered_in_place_then_close_hands_back_the_retry(bytewise: bool) -> None:
+    # libest's estserver: 401 without "Connection: close", then it closes.
+    # The connection answered in place (it was allowed to); when the server
+    # ends the connection before any byte of a response to that answer, the
+    # core hands the challenge back with its ready retry, for a new
+    # connection, instead of a protocol error.
+    def respond(req: h11.Request, body: bytes) -> bytes | tuple[bytes, bool]:
+        if dict(req.headers).get(b"authorization") is None:
+            return response("401 Unauthorized", [("WWW-Authenticate", 'Basic realm="estrealm"')])
+        return b"", True  # read the answer, then close without a response
+
+    server = make(respond, bytewise=bytewise, credentials=Credentials("alice", "secret"))
+    csr = csr_for(new_key())
+    server.client.send(SimpleEnroll(csr=csr))
+    result = server.result()
+    assert isinstance(result, AuthenticationChallenged)
+    assert [c.scheme for c in result.challenges] == ["basic"]  # type: ignore[attr-defined]
+    assert isinstance(result.retry, SimpleEnroll) and result.retry.csr == csr
+    assert result.retry.authorization == auth.basic_authorization("alice", "secret")
+    assert len(server.requests) == 2  # the first try, and the answer sent in place
+    assert server.client.closed
+
+
+def test_close_after_a_partial_answer_is_still_an_error() -> None:
+    # Only a connection that ended before any byte of the response gets the
+    # retry back; a truncated response is the server's (broken) answer.
+    def respond(req: h11.Request, body: bytes) -> bytes | tuple[bytes, bool]:
+        if dict(req.headers).get(b"authorization") is None:
+            return response("401 Unauthorized", [("WWW-Authenticate", 'Basic realm="estrealm"')])
+        return b"HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\nshort", True
+
+    server = make(respond, credentials=Credentials("alice", "secret"))
+    server.client.send(SimpleEnroll(csr=csr_for(new_key())))
+    with pytest.raises(RemoteProtocolError):
+        server.result()
+
+
 def test_digest_answer_verifies_on_the_server(bytewise: bool) -> None:
     authority = auth.DigestAuthority(b"s" * 32, "est", algorithms=("SHA-256",))
     outcomes: list[auth.DigestResult] = []

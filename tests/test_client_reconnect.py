@@ -420,14 +420,15 @@ def test_idle_keepalive_closed_without_warning(framework: str) -> None:
 
 
 @pytest.mark.parametrize("pop", [True, False], ids=["pop", "no-pop"])
-def test_cli_enroll_against_a_server_that_closes_after_401(tmp_path: Path, pop: bool) -> None:
+@pytest.mark.parametrize("command", ["enroll", "serverkeygen"])
+def test_cli_against_a_server_that_closes_after_401(tmp_path: Path, pop: bool, command: str) -> None:
     p = get_pki()
     (tmp_path / "ca.pem").write_bytes(pki.pem(p.ca))
     with closing_server("1.2") as server:
         url = f"https://127.0.0.1:{server.port}/.well-known/est"
         env = dict(os.environ, ESTPROTO_PASSWORD=PASSWORD)
         done = subprocess.run(
-            [sys.executable, "-m", "estproto", "enroll", url, "--cacert", str(tmp_path / "ca.pem"),
+            [sys.executable, "-m", "estproto", command, url, "--cacert", str(tmp_path / "ca.pem"),
              "--user", USER, "--subject", "CN=device", "--key-out", str(tmp_path / "k.pem"),
              "--out", str(tmp_path / "c.pem"), "--pop" if pop else "--no-pop"],
             env=env, capture_output=True, text=True, timeout=60, stdin=subprocess.DEVNULL,

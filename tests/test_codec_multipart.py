@@ -30,7 +30,7 @@ from estproto.codecs.multipart import (
     parse_multipart,
 )
 from estproto.codecs.transfer import SINGLE_LINE, WRAP_64, LinePolicy, encode_base64
-from tests.vectors import vector_der, vector_text
+from vectors import vector_der, vector_text
 
 KEY_B64 = vector_text("rfc7030-A4-serverkeygen-key-part.b64")
 CERT_B64 = vector_text("rfc7030-A4-serverkeygen-cert-part.b64")

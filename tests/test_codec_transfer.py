@@ -19,8 +19,8 @@ from estproto.codecs.transfer import (
     decode_base64,
     encode_base64,
 )
-from tests.pki import der, make_csr, make_key, pem
-from tests.vectors import vector_der, vector_text
+from pki import der, make_csr, make_key, pem
+from vectors import vector_der, vector_text
 
 CERTS_ONLY_DER = vector_der("rfc7030-A3-enroll-response.b64")
 CSR_DER = vector_der("rfc7030-A3-enroll-request-csr.b64")

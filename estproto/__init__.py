@@ -7,14 +7,33 @@ memory BIOs); the EST layer alone (:class:`ESTServerProtocol`) serves hosts
 that already have HTTP and TLS. Nothing here touches a socket or a clock.
 """
 
+from ._client_session import (
+    ClientSession,
+    Connect,
+    Disconnect,
+    Instruction,
+    Read,
+    Received,
+    Transport,
+    Wait,
+    WallClock,
+    Write,
+    drive,
+)
 from ._config import ClientConfig, ServerConfig
 from ._errors import (
     BadSignature,
+    ClosedBeforeResponse,
     DecodeError,
+    ESTAuthenticationError,
+    ESTError,
+    ESTPendingError,
     LocalProtocolError,
     MessageTooLarge,
     ProtocolError,
     RemoteProtocolError,
+    TLSError,
+    TLSVerificationError,
 )
 from ._est_client import ESTClientProtocol
 from ._est_server import ESTServerProtocol, ESTServerSettings, LinePolicyChoice, Reply, RequestRejected
@@ -64,14 +83,7 @@ from ._events import (
 from ._http import HTTPLimits
 from ._paths import Operation
 from ._state import ConnectionState
-from ._tls import (
-    ChannelBinding,
-    ClientTLSContext,
-    PeerCertificate,
-    ServerTLSContext,
-    TLSError,
-    TLSVerificationError,
-)
+from ._tls import ChannelBinding, ClientTLSContext, PeerCertificate, ServerTLSContext, TLSSession
 from .client import ClientConnection, Credentials, check_fingerprint
 from .server import ServerConnection
 
@@ -82,13 +94,17 @@ __all__ = [
     "ServerConnection", "ClientConnection", "ServerConfig", "ClientConfig",
     "ServerTLSContext", "ClientTLSContext", "HTTPLimits", "ESTServerSettings",
     "LinePolicyChoice", "Credentials", "check_fingerprint", "ConnectionState", "Operation",
+    # the client's decisions over many connections, and their I/O instructions
+    "ClientSession", "drive", "Transport", "Instruction", "Connect", "Write", "Read",
+    "Received", "Disconnect", "Wait", "WallClock",
     # the EST layer alone
     "ESTServerProtocol", "ESTClientProtocol", "Reply", "RequestRejected",
     # TLS facts
-    "ChannelBinding", "PeerCertificate", "ConnectionFacts",
+    "ChannelBinding", "PeerCertificate", "ConnectionFacts", "TLSSession",
     # errors
     "ProtocolError", "LocalProtocolError", "RemoteProtocolError", "DecodeError",
     "MessageTooLarge", "BadSignature", "TLSError", "TLSVerificationError",
+    "ClosedBeforeResponse", "ESTError", "ESTAuthenticationError", "ESTPendingError",
     # events
     "Event", "NEED_DATA", "PAUSED", "ConnectionClosed", "ConnectionTerminated",
     "ServerRequest", "CACertsRequest", "CSRAttrsRequest", "SimpleEnrollRequest",

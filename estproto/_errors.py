@@ -12,9 +12,30 @@ Modelled on h11: an abstract :class:`ProtocolError` with two concrete branches.
 Lower-layer exceptions (asn1crypto's ``ValueError``/``TypeError``, OpenSSL
 errors, ``binascii.Error``, h11's errors) are translated into these at each
 layer's edge, so nothing else escapes the public API.
+
+The whole family, by where it comes from::
+
+    ProtocolError
+    +-- LocalProtocolError             misuse of the API
+    +-- RemoteProtocolError            the peer broke the protocol
+        +-- DecodeError                a payload did not decode (codecs)
+        |   +-- MessageTooLarge        ... because a size limit was hit
+        |   +-- BadSignature           ... because a signature did not verify
+        +-- TLSError                   the peer broke TLS (alert, bad record)
+        |   +-- TLSVerificationError   the server's certificate was refused
+        +-- ClosedBeforeResponse       server closed before any byte of a response
+        +-- ESTError                   the EST server refused (client side)
+            +-- ESTAuthenticationError 401 that could not be answered
+            +-- ESTPendingError        still 202 when the client stopped waiting
 """
 
 from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from ._events import EnrollmentPending
+    from ._tls import CertificateProblem
 
 __all__ = [
     "ProtocolError",
@@ -23,6 +44,12 @@ __all__ = [
     "DecodeError",
     "MessageTooLarge",
     "BadSignature",
+    "TLSError",
+    "TLSVerificationError",
+    "ClosedBeforeResponse",
+    "ESTError",
+    "ESTAuthenticationError",
+    "ESTPendingError",
 ]
 
 
@@ -67,3 +94,73 @@ class MessageTooLarge(DecodeError):
 
 class BadSignature(DecodeError):
     """A signature (CSR, CMC SignedData) did not verify."""
+
+
+class TLSError(RemoteProtocolError):
+    """The peer broke TLS: an alert, a bad record, a failed handshake, garbage.
+
+    Attributes:
+        reason: OpenSSL's reason string(s), e.g. ``"wrong version number"``.
+    """
+
+    def __init__(self, msg: str, reason: str = "") -> None:
+        super().__init__(msg)
+        self.reason = reason
+
+
+class TLSVerificationError(TLSError):
+    """The client rejected the server's certificate (chain or identity).
+
+    Attributes:
+        errors: what OpenSSL found, deepest first as reported.
+    """
+
+    def __init__(self, msg: str, errors: tuple[CertificateProblem, ...]) -> None:
+        super().__init__(msg, reason="certificate verify failed")
+        self.errors = errors
+
+
+class ClosedBeforeResponse(RemoteProtocolError):
+    """The server closed the connection cleanly before sending any byte of
+    the response. On a reused keep-alive connection this is the race RFC 9112
+    section 9.3 describes (the server closed an idle connection as the request
+    went out), so a client may resend the request on a new connection."""
+
+
+class ESTError(RemoteProtocolError):
+    """The EST server answered with an error (or not with what was asked).
+
+    Raised by the clients' typed operations (``simpleenroll`` ...), never by
+    the connections, which report answers as events.
+
+    Attributes:
+        status: the HTTP status the server sent.
+        reason: the server's reason text (RFC 8951 section 5), shortened.
+    """
+
+    def __init__(self, status: int, reason: str) -> None:
+        # A gateway relaying this error answers 502 Bad Gateway.
+        super().__init__(f"EST server answered {status}: {reason}", error_status_hint=502)
+        self.status = status
+        self.reason = reason
+
+
+class ESTAuthenticationError(ESTError):
+    """401: the server refused our credentials, or we had none to give
+    (or must not give them: RFC 7030 3.2.3, unauthorized server)."""
+
+    def __init__(self, reason: str = "authentication required") -> None:
+        super().__init__(401, reason)
+
+
+class ESTPendingError(ESTError):
+    """202 still: the retries allowed ran out, or the server asked for a
+    longer wait than ``max_retry_wait``.
+
+    Attributes:
+        pending: the last :class:`EnrollmentPending` event.
+    """
+
+    def __init__(self, pending: EnrollmentPending) -> None:
+        super().__init__(202, f"still pending (Retry-After: {pending.retry_after})")
+        self.pending = pending

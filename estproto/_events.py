@@ -22,7 +22,7 @@ from __future__ import annotations
 import datetime
 import enum
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Final, Union
+from typing import TYPE_CHECKING, Final, TypeGuard, Union
 
 from cryptography import x509
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
@@ -664,3 +664,9 @@ ClientResultEvent = Union[
     ServerKeyReceived, FullCMCReceived, AuthenticationChallenged, Redirected,
     ErrorReceived, RawResponseReceived,
 ]
+
+
+def is_client_result(event: object) -> TypeGuard[ClientResultEvent]:
+    """True for the result of a request (every :class:`ClientResult` is one
+    of :data:`ClientResultEvent`), False for NEED_DATA or a connection event."""
+    return isinstance(event, ClientResult)

@@ -71,7 +71,7 @@ from typing import Any, Final, Iterable, Union
 
 import h11
 
-from ._errors import LocalProtocolError, RemoteProtocolError
+from ._errors import ClosedBeforeResponse, LocalProtocolError, RemoteProtocolError
 from ._limits import MAX_BODY_SIZE
 
 __all__ = [
@@ -337,13 +337,6 @@ def _new_request(method: str, target: str, headers: Headers, body: bytes, versio
     return obj
 
 
-class ClosedBeforeResponse(RemoteProtocolError):
-    """The server closed the connection cleanly before sending any byte of
-    the response. On a reused keep-alive connection this is the race RFC 9112
-    section 9.3 describes (the server closed an idle connection as the request
-    went out), so a client may resend the request on a new connection."""
-
-
 class NeedData(enum.Enum):
     """Type of :data:`NEED_DATA`: feed more bytes before asking again."""
 
@@ -394,7 +387,7 @@ def _has(headers: Headers, name: str) -> bool:
 def _unparsed_size(conn: h11.Connection) -> int:
     """Bytes h11 holds that it has not turned into events yet."""
     try:
-        return len(conn._receive_buffer)  # type: ignore[attr-defined]
+        return len(conn._receive_buffer)
     except AttributeError:  # pragma: no cover - only if h11 renames its buffer
         return len(conn.trailing_data[0])
 

@@ -79,7 +79,7 @@ from OpenSSL import SSL, crypto
 from OpenSSL._util import ffi as _ffi
 from OpenSSL._util import lib as _lib
 
-from ._errors import LocalProtocolError, RemoteProtocolError
+from ._errors import LocalProtocolError, RemoteProtocolError, TLSError, TLSVerificationError
 
 __all__ = [
     "MAX_HANDSHAKE_BYTES",
@@ -171,30 +171,6 @@ _TRANSITIONS: dict[tuple[TLSState, _Input], TLSState] = {
     **{(state, _I.FAILURE): _S.CLOSED for state in TLSState},
 }
 del _S, _I
-
-
-class TLSError(RemoteProtocolError):
-    """The peer broke TLS: an alert, a bad record, a failed handshake, garbage.
-
-    Attributes:
-        reason: OpenSSL's reason string(s), e.g. ``"wrong version number"``.
-    """
-
-    def __init__(self, msg: str, reason: str = "") -> None:
-        super().__init__(msg)
-        self.reason = reason
-
-
-class TLSVerificationError(TLSError):
-    """The client rejected the server's certificate (chain or identity).
-
-    Attributes:
-        errors: what OpenSSL found, deepest first as reported.
-    """
-
-    def __init__(self, msg: str, errors: tuple[CertificateProblem, ...]) -> None:
-        super().__init__(msg, reason="certificate verify failed")
-        self.errors = errors
 
 
 @dataclass(frozen=True)

@@ -32,8 +32,10 @@ runs until cancelled and then shuts down the same way.
 * A failure of one connection (reset, TLS garbage, a crashing handler) is
   logged and ends only that connection.
 
-Client: :class:`ESTClient` (see :class:`estproto._adapter_common.ClientBase`
-for the shared behaviour: keep-alive, reconnects, Retry-After, PoP linking).
+Client: :class:`ESTClient`, a driver of :class:`estproto.ClientSession`,
+which holds every client decision (keep-alive, reconnects, the 401 retry,
+Retry-After, PoP linking) for this adapter, the other one and
+:mod:`estproto.sync` alike.
 """
 
 from __future__ import annotations
@@ -552,21 +554,21 @@ async def _shielded(awaitable: Awaitable[None]) -> None:
 class ESTClient(ClientBase):
     """An EST client over asyncio; use as ``async with ESTClient(...) as client``.
 
-    Args: see :class:`estproto._adapter_common.ClientBase` (host, port, tls,
-    credentials, label, max_retries, max_retry_wait, lenient,
-    request_timeout, connect_timeout).
+    Args, operations and errors: those of :class:`estproto.ClientSession`
+    (host, port, tls, credentials, label, max_retries, max_retry_wait,
+    lenient, request_timeout, connect_timeout), each operation awaited.
     """
 
-    async def _open_stream(self) -> ByteStream:
+    async def _open_stream(self, host: str, port: int, timeout: float) -> ByteStream:
         loop = asyncio.get_running_loop()
         stream = _Stream()
         try:
             await asyncio.wait_for(
-                loop.create_connection(lambda: stream, self.host, self.port),
-                self.connect_timeout,
+                loop.create_connection(lambda: stream, host, port),
+                timeout,
             )
         except asyncio.TimeoutError:
-            raise TimeoutError(f"connecting to {self.host}:{self.port} timed out") from None
+            raise TimeoutError(f"connecting to {host}:{port} timed out") from None
         return stream
 
     async def _sleep(self, seconds: float) -> None:

@@ -25,8 +25,10 @@ Server::
 * A failure of one connection (reset, TLS garbage, a crashing handler) is
   logged and ends only that connection.
 
-Client: :class:`ESTClient` (see :class:`estproto._adapter_common.ClientBase`
-for the shared behaviour: keep-alive, reconnects, Retry-After, PoP linking).
+Client: :class:`ESTClient`, a driver of :class:`estproto.ClientSession`,
+which holds every client decision (keep-alive, reconnects, the 401 retry,
+Retry-After, PoP linking) for this adapter, the other one and
+:mod:`estproto.sync` alike.
 """
 
 from __future__ import annotations
@@ -383,16 +385,16 @@ async def serve(
 class ESTClient(ClientBase):
     """An EST client over trio; use as ``async with ESTClient(...) as client``.
 
-    Args: see :class:`estproto._adapter_common.ClientBase` (host, port, tls,
-    credentials, label, max_retries, max_retry_wait, lenient,
-    request_timeout, connect_timeout).
+    Args, operations and errors: those of :class:`estproto.ClientSession`
+    (host, port, tls, credentials, label, max_retries, max_retry_wait,
+    lenient, request_timeout, connect_timeout), each operation awaited.
     """
 
-    async def _open_stream(self) -> ByteStream:
-        with trio.move_on_after(self.connect_timeout):
-            raw = await trio.open_tcp_stream(self.host, self.port)
+    async def _open_stream(self, host: str, port: int, timeout: float) -> ByteStream:
+        with trio.move_on_after(timeout):
+            raw = await trio.open_tcp_stream(host, port)
             return _Stream(raw)
-        raise TimeoutError(f"connecting to {self.host}:{self.port} timed out")
+        raise TimeoutError(f"connecting to {host}:{port} timed out")
 
     async def _sleep(self, seconds: float) -> None:
         await trio.sleep(seconds)

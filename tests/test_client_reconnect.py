@@ -40,6 +40,7 @@ from OpenSSL import SSL
 from OpenSSL._util import lib as openssl_lib
 
 import estproto.asyncio as est_asyncio
+import estproto.sync as est_sync
 import estproto.trio as est_trio
 import pki
 from conn_helpers import client_tls, get_pki
@@ -279,8 +280,40 @@ def closing_server(version: str, **kwargs: Any) -> Iterator[ClosingServer]:
 # Running a client under either framework
 
 
+FRAMEWORKS = ["trio", "asyncio", "sync"]
+
+
+class _Blocking:
+    """:class:`estproto.sync.ESTClient` behind the async interface of these
+    tests, so that one test body runs every client (its calls block)."""
+
+    def __init__(self, client: est_sync.ESTClient) -> None:
+        self._client = client
+
+    async def __aenter__(self) -> _Blocking:
+        self._client.__enter__()
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        self._client.__exit__(*exc_info)
+
+    def __getattr__(self, name: str) -> Any:
+        method = getattr(self._client, name)
+
+        async def call(*args: Any, **kwargs: Any) -> Any:
+            return method(*args, **kwargs)
+        return call
+
+
+class _SyncModule:
+    @staticmethod
+    def ESTClient(*args: Any, **kwargs: Any) -> _Blocking:  # noqa: N802 (a module's class)
+        return _Blocking(est_sync.ESTClient(*args, **kwargs))
+
+
 def run(framework: str, fn: Callable[[Any], Any]) -> Any:
-    """Run ``fn(module)`` under *framework*, with a deadline."""
+    """Run ``fn(module)`` under *framework*, with a deadline ("sync" runs
+    the blocking client inside asyncio; its own timeouts bound it)."""
     if framework == "trio":
         async def main_trio() -> Any:
             with trio.fail_after(30):
@@ -289,7 +322,7 @@ def run(framework: str, fn: Callable[[Any], Any]) -> Any:
     import asyncio
 
     async def main_asyncio() -> Any:
-        return await asyncio.wait_for(fn(est_asyncio), 30)
+        return await asyncio.wait_for(fn(_SyncModule if framework == "sync" else est_asyncio), 30)
     return asyncio.run(main_asyncio())
 
 
@@ -328,7 +361,7 @@ def check_linking(server: ClosingServer, pop: bool) -> None:
 # Tests
 
 
-@pytest.mark.parametrize("framework", ["trio", "asyncio"])
+@pytest.mark.parametrize("framework", FRAMEWORKS)
 @pytest.mark.parametrize("version", ["1.2", "1.3"])
 @pytest.mark.parametrize("pop", [True, False], ids=["pop", "no-pop"])
 @pytest.mark.parametrize("operation", OPERATIONS)
@@ -348,7 +381,7 @@ def test_401_then_close_is_answered_on_a_new_connection(
         check_linking(server, pop)
 
 
-@pytest.mark.parametrize("framework", ["trio", "asyncio"])
+@pytest.mark.parametrize("framework", FRAMEWORKS)
 @pytest.mark.parametrize("after_401", ["drop-answer", "reset-answer"])
 @pytest.mark.parametrize("version", ["1.2", "1.3"])
 def test_answer_sent_in_place_then_connection_ends(framework: str, after_401: str, version: str) -> None:
@@ -366,7 +399,7 @@ def test_answer_sent_in_place_then_connection_ends(framework: str, after_401: st
         check_linking(server, pop=True)
 
 
-@pytest.mark.parametrize("framework", ["trio", "asyncio"])
+@pytest.mark.parametrize("framework", FRAMEWORKS)
 @pytest.mark.parametrize("after_401", ["close", "drop-answer"])
 def test_wrong_password_is_retried_once_only(framework: str, after_401: str) -> None:
     with closing_server("1.3", after_401=after_401) as server:
@@ -380,7 +413,7 @@ def test_wrong_password_is_retried_once_only(framework: str, after_401: str) -> 
         assert server.accepted == []
 
 
-@pytest.mark.parametrize("framework", ["trio", "asyncio"])
+@pytest.mark.parametrize("framework", FRAMEWORKS)
 @pytest.mark.parametrize("version", ["1.2", "1.3"])
 def test_202_then_close_then_granted(framework: str, version: str) -> None:
     # 401 + close, answered on connection 2, which gets 202 + close; after
@@ -397,7 +430,7 @@ def test_202_then_close_then_granted(framework: str, version: str) -> None:
         check_linking(server, pop=True)
 
 
-@pytest.mark.parametrize("framework", ["trio", "asyncio"])
+@pytest.mark.parametrize("framework", FRAMEWORKS)
 def test_idle_keepalive_closed_without_warning(framework: str) -> None:
     # /cacerts on connection 1, which the server then closes unannounced;
     # the enrollment finds it closed and moves to new connections.

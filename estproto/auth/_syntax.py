@@ -62,6 +62,13 @@ _LIST_GAP = re.compile(r"[ \t,]*")
 _QUOTABLE = re.compile(r"[\t \x21-\x7e\x80-\U0010ffff]*")
 
 
+def _skip(run: re.Pattern[str], s: str, i: int) -> int:
+    """The index after the run of *run* at *i* (patterns that match empty)."""
+    m = run.match(s, i)
+    assert m is not None  # a starred pattern always matches
+    return m.end()
+
+
 @dataclass(frozen=True)
 class Challenge:
     """One challenge of a ``WWW-Authenticate`` field (RFC 7235 section 2.1).
@@ -136,10 +143,10 @@ def _param_at(s: str, i: int, what: str) -> tuple[str, str, int] | None:
     if m is None:
         return None
     name = m.group().lower()
-    j = _OWS.match(s, m.end()).end()  # type: ignore[union-attr]
+    j = _skip(_OWS, s, m.end())
     if j >= len(s) or s[j] != "=":
         return None
-    j = _OWS.match(s, j + 1).end()  # type: ignore[union-attr]
+    j = _skip(_OWS, s, j + 1)
     if j < len(s) and s[j] == '"':
         value, end = _quoted_at(s, j, what, name)
         return name, value, end
@@ -167,14 +174,14 @@ def parse_auth_items(value: str, what: str) -> list[Challenge]:
     s = _check_text(value, what)
     n = len(s)
     items: list[Challenge] = []
-    i = _LIST_GAP.match(s, 0).end()  # type: ignore[union-attr]
+    i = _skip(_LIST_GAP, s, 0)
     while i < n:
         m = _TOKEN.match(s, i)
         if m is None:
             raise _fail(what, f"expected an auth-scheme at offset {i}")
         scheme = m.group().lower()
         i = m.end()
-        j = _OWS.match(s, i).end()  # type: ignore[union-attr]
+        j = _skip(_OWS, s, i)
         params: list[tuple[str, str]] = []
         token68: str | None = None
         if j < n and s[j] != ",":
@@ -187,7 +194,7 @@ def parse_auth_items(value: str, what: str) -> list[Challenge]:
                 if t is None:
                     raise _fail(what, f"expected token68 or auth-param at offset {i}")
                 token68 = t.group()
-                i = _OWS.match(s, t.end()).end()  # type: ignore[union-attr]
+                i = _skip(_OWS, s, t.end())
                 if i < n and s[i] != ",":
                     raise _fail(what, f"unexpected {s[i]!r} after token68")
             else:
@@ -198,12 +205,12 @@ def parse_auth_items(value: str, what: str) -> list[Challenge]:
                     if any(k == name for k, _ in params):
                         raise _fail(what, f"parameter {name!r} repeated")
                     params.append((name, val))
-                    i = _OWS.match(s, i).end()  # type: ignore[union-attr]
+                    i = _skip(_OWS, s, i)
                     if i >= n:
                         break
                     if s[i] != ",":
                         raise _fail(what, f"unexpected {s[i]!r} at offset {i}")
-                    i = _LIST_GAP.match(s, i).end()  # type: ignore[union-attr]
+                    i = _skip(_LIST_GAP, s, i)
                     if i >= n:
                         break
                     p = _param_at(s, i, what)
@@ -213,7 +220,7 @@ def parse_auth_items(value: str, what: str) -> list[Challenge]:
         items.append(Challenge(scheme, tuple(params), token68))
         if len(items) > MAX_CHALLENGES:
             raise _fail(what, f"more than {MAX_CHALLENGES} challenges")
-        i = _LIST_GAP.match(s, i).end()  # type: ignore[union-attr]
+        i = _skip(_LIST_GAP, s, i)
     return items
 
 

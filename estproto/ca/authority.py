@@ -433,7 +433,7 @@ class EmbeddedCA(CABackend):
         #: The CA certificates a client trusts (ca.pem, /cacerts): issuing CA first.
         self.ca_certificates: tuple[x509.Certificate, ...] = tuple(chain) + (self.root_certificate,)
         self._issuer_ski = x509.SubjectKeyIdentifier.from_public_key(
-            self.issuer_certificate.public_key()  # type: ignore[arg-type]
+            self.issuer_certificate.public_key()
         )
         # What every issued certificate shares, built once rather than per
         # enrollment: the issuer and basicConstraints, as the start of each

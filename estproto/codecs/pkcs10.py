@@ -55,7 +55,7 @@ import dataclasses
 import functools
 import hmac
 from dataclasses import dataclass
-from typing import Callable, Sequence, Union, cast
+from typing import Callable, Sequence, TypeGuard, Union, cast
 
 from cryptography import x509
 from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
@@ -83,6 +83,9 @@ __all__ = [
     "OID_EST_IDENTITY_LINKING",
     "MAX_CHALLENGE_LENGTH",
     "MAX_OID_LENGTH",
+    "PrivateKey",
+    "PublicKey",
+    "is_signing_key",
 ]
 
 #: RFC 2985 5.4.1 pkcs-9-at-challengePassword.
@@ -121,6 +124,13 @@ PrivateKey = Union[
 PublicKey = Union[
     rsa.RSAPublicKey, ec.EllipticCurvePublicKey, ed25519.Ed25519PublicKey, ed448.Ed448PublicKey
 ]
+
+
+def is_signing_key(key: object) -> TypeGuard[PrivateKey]:
+    """True when *key* is a :data:`PrivateKey`, one that can sign a CSR
+    (an X25519 or DH key loads as a private key but cannot)."""
+    return isinstance(key, (rsa.RSAPrivateKey, ec.EllipticCurvePrivateKey,
+                            ed25519.Ed25519PrivateKey, ed448.Ed448PrivateKey))
 
 
 @dataclass(frozen=True)
@@ -628,7 +638,9 @@ def _public_key(spki_der: bytes) -> PublicKey:
         _SEEN_KEY_CLASSES.add(type(key))
         if isinstance(key, ec.EllipticCurvePublicKey):
             _EC_KEY_CLASSES.add(type(key))
-    return key  # type: ignore[return-value]
+    # Checked above: the isinstance runs once per key class (a cache, since
+    # it walks ABCs on every CSR otherwise).
+    return cast(PublicKey, key)
 
 
 # --------------------------------------------------------------------------

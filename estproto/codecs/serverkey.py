@@ -74,7 +74,7 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
-from typing import Literal, Union
+from typing import Any, Literal, Union
 
 from asn1crypto import cms, core, keys
 from asn1crypto import x509 as asn1_x509
@@ -102,6 +102,10 @@ from ..asn1.keypackage import (
     OneAsymmetricKey,
 )
 from . import signeddata
+
+#: A parsed asn1crypto value: asn1crypto has no type information, so its
+#: values are Any to mypy; the name says what the Any stands for.
+Asn1Value = Any
 from ._der import check_size, decoding, load_der
 
 __all__ = [
@@ -844,22 +848,22 @@ def _open(
 
 
 def _cek_from_kekri(
-    ris: list[tuple[str, object]], kek: bytes, key_identifier: bytes | None
+    ris: list[tuple[str, Asn1Value]], kek: bytes, key_identifier: bytes | None
 ) -> bytes:
     candidates = [
         ri for name, ri in ris
         if name == "kekri" and (
             key_identifier is None
-            or ri["kekid"]["key_identifier"].native == key_identifier)  # type: ignore[index]
+            or ri["kekid"]["key_identifier"].native == key_identifier)
     ]
     if not candidates:
         raise DecodeError("no recipient matches the key-encryption key identifier")
     failure = "no recipient matches: no kekri uses this key size"
     for ri in candidates:
-        alg = ri["key_encryption_algorithm"]["algorithm"].native  # type: ignore[index]
+        alg = ri["key_encryption_algorithm"]["algorithm"].native
         if _KEK_SIZE_BY_WRAP.get(alg) != len(kek):
             continue
-        wrapped = ri["encrypted_key"].native  # type: ignore[index]
+        wrapped = ri["encrypted_key"].native
         unwrap = aes_key_unwrap_with_padding if alg.endswith("_pad") else aes_key_unwrap
         try:
             return unwrap(kek, wrapped)
@@ -869,7 +873,7 @@ def _cek_from_kekri(
 
 
 def _cek_from_ktri(
-    ris: list[tuple[str, object]],
+    ris: list[tuple[str, Asn1Value]],
     key: rsa.RSAPrivateKey,
     ski: bytes | None,
     cert: x509.Certificate | None,
@@ -879,7 +883,7 @@ def _cek_from_ktri(
     for name, ri in ris:
         if name != "ktri":
             continue
-        rid = ri["rid"]  # type: ignore[index]
+        rid = ri["rid"]
         if rid.name == "subject_key_identifier":
             if wanted.has_ski(rid.chosen.native):
                 candidates.append(ri)
@@ -888,10 +892,10 @@ def _cek_from_ktri(
     if not candidates:
         raise DecodeError("no recipient matches the recipient key identifier")
     for ri in candidates:
-        kea = ri["key_encryption_algorithm"]  # type: ignore[index]
+        kea = ri["key_encryption_algorithm"]
         pad = _ktri_padding(kea)
         try:
-            return key.decrypt(ri["encrypted_key"].native, pad)  # type: ignore[index]
+            return key.decrypt(ri["encrypted_key"].native, pad)
         except ValueError:
             continue
     raise DecodeError("no recipient matches: RSA decryption failed (wrong key?)")
@@ -910,19 +914,19 @@ class _RecipientIds:
             self.ias = _issuer_and_serial(cert)
         self.any = not self.skis and self.ias is None
 
-    def has_ski(self, ski: object) -> bool:
+    def has_ski(self, ski: Asn1Value) -> bool:
         return self.any or ski in self.skis
 
-    def has_issuer_and_serial(self, ias: object) -> bool:
+    def has_issuer_and_serial(self, ias: Asn1Value) -> bool:
         if self.any:
             return True
         return (self.ias is not None
-                and ias["serial_number"].native == self.ias["serial_number"].native  # type: ignore[index]
-                and ias["issuer"] == self.ias["issuer"])  # type: ignore[index]
+                and ias["serial_number"].native == self.ias["serial_number"].native
+                and ias["issuer"] == self.ias["issuer"])
 
 
 def _cek_from_kari(
-    ris: list[tuple[str, object]],
+    ris: list[tuple[str, Asn1Value]],
     key: ec.EllipticCurvePrivateKey,
     ski: bytes | None,
     cert: x509.Certificate | None,
@@ -933,7 +937,7 @@ def _cek_from_kari(
     for name, ri in ris:
         if name != "kari":
             continue
-        reks = ri["recipient_encrypted_keys"]  # type: ignore[index]
+        reks = ri["recipient_encrypted_keys"]
         if len(reks) > MAX_RECIPIENT_INFOS:
             raise DecodeError(
                 f"invalid EnvelopedData: more than {MAX_RECIPIENT_INFOS} recipient "
@@ -959,18 +963,18 @@ def _cek_from_kari(
 
 
 def _kari_unwrap(
-    kari: object, key: ec.EllipticCurvePrivateKey, wrapped_keys: list[bytes]
+    kari: Asn1Value, key: ec.EllipticCurvePrivateKey, wrapped_keys: list[bytes]
 ) -> bytes | None:
     """ECDH + KDF + unwrap for one kari; None if no wrapped key unwraps.
 
     Raises DecodeError for what we cannot or will not process.
     """
-    version = kari["version"].native  # type: ignore[index]
+    version = kari["version"].native
     # RFC 5652 section 6.2.2: "version is the syntax version number. It
     # MUST always be 3."
     if version != "v3":
         raise DecodeError(f"invalid KeyAgreeRecipientInfo: version {version!r}, expected 3")
-    kea = kari["key_encryption_algorithm"]  # type: ignore[index]
+    kea = kari["key_encryption_algorithm"]
     scheme = KEY_AGREEMENT_SCHEMES.get(kea["algorithm"].native)
     if scheme is None:
         raise DecodeError(f"unsupported key agreement algorithm {kea['algorithm'].dotted}")
@@ -983,7 +987,7 @@ def _kari_unwrap(
     if kek_size is None:
         raise DecodeError(f"unsupported key wrap algorithm {wrap['algorithm'].dotted}")
 
-    originator = kari["originator"]  # type: ignore[index]
+    originator = kari["originator"]
     # RFC 5753 section 3.1.1: "originator MUST be the alternative
     # originatorKey" for ephemeral-static ECDH; the other alternatives name
     # a static originator key (1-pass ECMQV), which we do not implement.
@@ -1013,7 +1017,7 @@ def _kari_unwrap(
     except (ValueError, TypeError) as exc:
         raise DecodeError(
             f"invalid kari originator key: not a point on {key.curve.name}") from exc
-    ukm_field = kari["ukm"]  # type: ignore[index]
+    ukm_field = kari["ukm"]
     # RFC 5652 section 6.2.2: "Implementations MUST accept a
     # KeyAgreeRecipientInfo SEQUENCE that includes a ukm field."
     ukm = None if isinstance(ukm_field, core.Void) else ukm_field.native
@@ -1042,10 +1046,10 @@ def _kari_unwrap(
     return None
 
 
-def _ktri_padding(kea: object) -> padding.AsymmetricPadding:
-    name = kea["algorithm"].native  # type: ignore[index]
+def _ktri_padding(kea: Asn1Value) -> padding.AsymmetricPadding:
+    name = kea["algorithm"].native
     if name == "rsaes_oaep":
-        params = kea["parameters"]  # type: ignore[index]
+        params = kea["parameters"]
         if isinstance(params, core.Void):
             # Absent parameters: every field takes its DEFAULT (SHA-1).
             return _oaep("sha1", "sha1", None)
@@ -1062,7 +1066,7 @@ def _ktri_padding(kea: object) -> padding.AsymmetricPadding:
         # openssl cms -encrypt -recip uses this by default. Its failure is
         # reported like any other wrong key.
         return padding.PKCS1v15()
-    raise DecodeError(f"unsupported key transport algorithm {kea['algorithm'].dotted}")  # type: ignore[index]
+    raise DecodeError(f"unsupported key transport algorithm {kea['algorithm'].dotted}")
 
 
 def _oaep(hash_name: str, mgf_hash_name: str, label: bytes | None) -> padding.OAEP:
@@ -1079,7 +1083,7 @@ def _ski_of(cert: x509.Certificate) -> bytes:
         ext = cert.extensions.get_extension_for_class(x509.SubjectKeyIdentifier)
         return ext.value.digest
     except x509.ExtensionNotFound:
-        return x509.SubjectKeyIdentifier.from_public_key(cert.public_key()).digest  # type: ignore[arg-type]
+        return x509.SubjectKeyIdentifier.from_public_key(cert.public_key()).digest
 
 
 def _issuer_and_serial(cert: x509.Certificate) -> cms.IssuerAndSerialNumber:

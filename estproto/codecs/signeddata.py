@@ -783,7 +783,7 @@ def _cert_ski(cert: x509.Certificate) -> bytes:
     try:
         return cert.extensions.get_extension_for_class(x509.SubjectKeyIdentifier).value.digest
     except x509.ExtensionNotFound:
-        return x509.SubjectKeyIdentifier.from_public_key(cert.public_key()).digest  # type: ignore[arg-type]
+        return x509.SubjectKeyIdentifier.from_public_key(cert.public_key()).digest
 
 
 def signer_matches_certificate(view: SignerInfoView, cert: x509.Certificate) -> bool:

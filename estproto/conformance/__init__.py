@@ -42,7 +42,7 @@ from .._events import RawRequest, RawResponseReceived
 from .._paths import WELL_KNOWN_PREFIX
 from .._tls import ClientTLSContext
 from ..codecs import pkcs7, transfer
-from ..codecs.pkcs10 import PrivateKey
+from ..codecs.pkcs10 import PrivateKey, is_signing_key
 from ..trio import ESTClient
 from ._suite import CHECKS, GROUPS, Check, CheckResult, Result, SuiteOptions, run_checks
 
@@ -141,7 +141,9 @@ def _private_key(path: str) -> PrivateKey:
         key = serialization.load_pem_private_key(_read(path, "key"), password=None)
     except (ValueError, TypeError) as exc:
         raise UsageError(f"cannot load key {path}: {exc}") from None
-    return key  # type: ignore[return-value]
+    if not is_signing_key(key):
+        raise UsageError(f"{path}: a {type(key).__name__} cannot sign a CSR")
+    return key
 
 
 async def _bootstrap(host: str, port: int, timeout: float) -> tuple[x509.Certificate, ...]:

@@ -195,11 +195,6 @@ def _subject(tag: str) -> x509.Name:
         NameOID.COMMON_NAME, f"estproto-conformance-{tag}-{secrets.token_hex(4)}")])
 
 
-def _spki(key: object) -> bytes:
-    return key.public_bytes(  # type: ignore[attr-defined, no-any-return]
-        serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)
-
-
 def _header(response: RawResponseReceived, name: str) -> str | None:
     for key, value in response.headers:
         if key.lower() == name:

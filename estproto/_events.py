@@ -22,14 +22,15 @@ from __future__ import annotations
 import datetime
 import enum
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Final, TypeGuard, Union
+from typing import TYPE_CHECKING, ClassVar, Final, TypeGuard, Union
 
 from cryptography import x509
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.hazmat.primitives.asymmetric.types import PrivateKeyTypes
 
 from ._errors import LocalProtocolError
-from ._paths import Operation
+from ._fields import check_fields
+from ._paths import Operation, check_label
 
 if TYPE_CHECKING:
     from .auth import BasicCredentials, DigestCredentials
@@ -104,9 +105,19 @@ PAUSED: Final = Sentinel.PAUSED
 
 
 class Event:
-    """Base class of every estproto event."""
+    """Base class of every estproto event.
+
+    Every field is checked against its annotation when an event is made
+    (:func:`estproto._fields.check_fields`); a subclass's ``__post_init__``
+    adds its value rules after ``super().__post_init__()``.
+    """
 
     __slots__ = ()
+
+    def __post_init__(self) -> None:
+        if type(self) in _BASE_CLASSES:
+            raise LocalProtocolError(f"{type(self).__name__} is a base class: make one of its kinds")
+        check_fields(self)
 
 
 # ---------------------------------------------------------------------------
@@ -147,6 +158,9 @@ class ConnectionFacts:
     client_certificate_errors: tuple[str, ...] = ()
     peer: str | None = None
 
+    def __post_init__(self) -> None:
+        check_fields(self)
+
 
 # ---------------------------------------------------------------------------
 # Server side: requests the connection emits.
@@ -174,7 +188,12 @@ class ServerRequest(Event):
     user_agent: str | None = None
     target: str = ""
 
-    operation = Operation.CACERTS  # overridden per subclass (a class constant)
+    #: The EST operation; a class constant of each kind.
+    operation: ClassVar[Operation]
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        check_label(self.label)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -256,10 +275,9 @@ class FullCMCRequest(ServerRequest):
 # Server side: responses the application sends.
 
 
+@dataclass(frozen=True)
 class ServerResponse(Event):
     """Base class of the events a server application answers a request with."""
-
-    __slots__ = ()
 
 
 @dataclass(frozen=True)
@@ -269,6 +287,7 @@ class CACertsResponse(ServerResponse):
     certificates: tuple[x509.Certificate, ...]
 
     def __post_init__(self) -> None:
+        super().__post_init__()
         if not self.certificates:
             raise LocalProtocolError("CACertsResponse needs at least one certificate")
         object.__setattr__(self, "certificates", tuple(self.certificates))
@@ -295,6 +314,7 @@ class ServerKeygenResponse(ServerResponse):
     encrypted_key: bytes | None = field(default=None, repr=False)
 
     def __post_init__(self) -> None:
+        super().__post_init__()
         if (self.private_key is None) == (self.encrypted_key is None):
             raise LocalProtocolError("give exactly one of private_key, encrypted_key")
 
@@ -318,6 +338,7 @@ class FullCMCResponse(ServerResponse):
     status: int = 200
 
     def __post_init__(self) -> None:
+        super().__post_init__()
         if not self.der:
             raise LocalProtocolError("FullCMCResponse needs a body")
         if not (200 <= self.status < 600) or 300 <= self.status < 400:
@@ -337,11 +358,8 @@ class RetryLater(ServerResponse):
     message: str = ""
 
     def __post_init__(self) -> None:
-        if isinstance(self.retry_after, datetime.datetime):
-            if self.retry_after.tzinfo is None:
-                raise LocalProtocolError("Retry-After datetime must be timezone-aware")
-        elif isinstance(self.retry_after, bool) or not isinstance(self.retry_after, int) or self.retry_after < 0:
-            raise LocalProtocolError("Retry-After must be a non-negative int or a datetime")
+        super().__post_init__()
+        _check_retry_after(self.retry_after)
 
 
 @dataclass(frozen=True)
@@ -354,6 +372,7 @@ class AuthenticationRequired(ServerResponse):
     challenges: tuple[str, ...]
 
     def __post_init__(self) -> None:
+        super().__post_init__()
         object.__setattr__(self, "challenges", tuple(self.challenges))
         for challenge in self.challenges:
             if not challenge or "\r" in challenge or "\n" in challenge:
@@ -368,6 +387,7 @@ class ErrorResponse(ServerResponse):
     reason: str
 
     def __post_init__(self) -> None:
+        super().__post_init__()
         if not 400 <= self.status < 600:
             raise LocalProtocolError(f"ErrorResponse status must be 4xx/5xx, not {self.status}")
 
@@ -394,6 +414,11 @@ class ConnectionTerminated(Event):
 
     reason: str
     status: int | None = None
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.status is not None and not 400 <= self.status < 600:
+            raise LocalProtocolError(f"ConnectionTerminated.status must be 4xx/5xx, not {self.status}")
 
 
 ServerRequestEvent = Union[
@@ -431,7 +456,16 @@ class ClientRequest(Event):
     wrap_base64: bool = True
     authorization: str | None = field(default=None, repr=False)
 
-    operation = Operation.CACERTS  # overridden per subclass
+    #: The EST operation; a class constant of each kind.
+    operation: ClassVar[Operation]
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        check_label(self.label)
+        for name, value in self.extra_headers:
+            _check_header(name, value)
+        if self.authorization is not None:
+            _check_header("Authorization", self.authorization)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -455,6 +489,7 @@ class _CSRClientRequest(ClientRequest):
     csr: bytes = field(repr=False)
 
     def __post_init__(self) -> None:
+        super().__post_init__()
         if not isinstance(self.csr, bytes) or not self.csr:
             raise LocalProtocolError(f"{type(self).__name__} needs the CSR as DER bytes")
 
@@ -509,6 +544,7 @@ class FullCMC(ClientRequest):
     operation = Operation.FULLCMC
 
     def __post_init__(self) -> None:
+        super().__post_init__()
         if not isinstance(self.request, bytes) or not self.request:
             raise LocalProtocolError("FullCMC needs the Full PKI Request as DER bytes")
 
@@ -527,6 +563,18 @@ class RawRequest(ClientRequest):
     method: str
     target: str
     body: bytes = b""
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if not self.method or not _TOKEN_CHARS.issuperset(self.method):
+            raise LocalProtocolError(f"RawRequest.method must be an HTTP token, not {self.method!r}")
+        if not self.target or any(c <= " " or c == "\x7f" for c in self.target):
+            raise LocalProtocolError("RawRequest.target must be a request-target without spaces or CTLs")
+
+    @property
+    def operation(self) -> Operation:  # type: ignore[override]  # a property, not a constant
+        """A RawRequest is sent as given: it names no operation."""
+        raise LocalProtocolError("a RawRequest names no EST operation (see its target)")
 
 
 # ---------------------------------------------------------------------------
@@ -571,6 +619,10 @@ class EnrollmentPending(ClientResult):
     retry_after: int | datetime.datetime
     message: str = ""
 
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        _check_retry_after(self.retry_after)
+
     def delay(self, now: datetime.datetime) -> float:
         """Seconds to wait from *now* (an aware wall-clock datetime)."""
         if isinstance(self.retry_after, int):
@@ -609,6 +661,11 @@ class FullCMCReceived(ClientResult):
     response: "FullPKIResponse"
     status: int = 200
 
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if not (200 <= self.status < 300 or 400 <= self.status < 600):
+            raise LocalProtocolError(f"FullCMCReceived.status must be 2xx/4xx/5xx, not {self.status}")
+
 
 @dataclass(frozen=True)
 class AuthenticationChallenged(ClientResult):
@@ -639,6 +696,10 @@ class Redirected(ClientResult):
     status: int
     location: str
 
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        _check_status(self.status, 300, 400)
+
 
 @dataclass(frozen=True)
 class ErrorReceived(ClientResult):
@@ -649,6 +710,10 @@ class ErrorReceived(ClientResult):
     content_type: str | None = None
     body: bytes = field(default=b"", repr=False)
 
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        _check_status(self.status, 100, 600)
+
 
 @dataclass(frozen=True)
 class RawResponseReceived(ClientResult):
@@ -657,6 +722,10 @@ class RawResponseReceived(ClientResult):
     status: int
     headers: tuple[tuple[str, str], ...]
     body: bytes = field(repr=False)
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        _check_status(self.status, 100, 600)
 
 
 ClientResultEvent = Union[
@@ -670,3 +739,34 @@ def is_client_result(event: object) -> TypeGuard[ClientResultEvent]:
     """True for the result of a request (every :class:`ClientResult` is one
     of :data:`ClientResultEvent`), False for NEED_DATA or a connection event."""
     return isinstance(event, ClientResult)
+
+
+# ---------------------------------------------------------------------------
+# Value rules shared by several events
+
+#: RFC 9110 5.6.2 tchar.
+_TOKEN_CHARS = frozenset("!#$%&'*+-.^_`|~0123456789abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ")
+
+#: Kinds are constructed, never these.
+_BASE_CLASSES: frozenset[type] = frozenset({
+    ServerRequest, _CSRRequest, ServerResponse, ClientRequest, _CSRClientRequest, ClientResult,
+})
+
+
+def _check_header(name: str, value: str) -> None:
+    # h11 checks again when sending; here the mistake is named at its source.
+    if not name or not _TOKEN_CHARS.issuperset(name) or "\r" in value or "\n" in value or "\0" in value:
+        raise LocalProtocolError(f"bad header {name!r}")
+
+
+def _check_status(status: int, low: int, high: int) -> None:
+    if not low <= status < high:
+        raise LocalProtocolError(f"status {status} outside {low}..{high - 1}")
+
+
+def _check_retry_after(value: int | datetime.datetime) -> None:
+    if isinstance(value, datetime.datetime):
+        if value.tzinfo is None:
+            raise LocalProtocolError("Retry-After datetime must be timezone-aware")
+    elif value < 0:
+        raise LocalProtocolError("Retry-After must be a non-negative int or a datetime")

@@ -20,7 +20,7 @@ from dataclasses import dataclass
 
 from ._errors import LocalProtocolError, RemoteProtocolError
 
-__all__ = ["Operation", "ESTPath", "WELL_KNOWN_PREFIX", "parse_est_path", "format_est_path"]
+__all__ = ["Operation", "ESTPath", "WELL_KNOWN_PREFIX", "parse_est_path", "format_est_path", "check_label"]
 
 WELL_KNOWN_PREFIX = "/.well-known/est"
 
@@ -75,6 +75,17 @@ class ESTPath:
     def __post_init__(self) -> None:
         if self.label:
             _check_label(self.label, max_segments=self.label.count("/") + 1, local=True)
+
+
+def check_label(label: str) -> None:
+    """Refuse a CA label the caller gave that is not one (RFC 7030 3.2.2);
+    "" (no label) is fine.
+
+    Raises:
+        LocalProtocolError: with the reason.
+    """
+    if label:
+        _check_label(label, max_segments=label.count("/") + 1, local=True)
 
 
 def _check_label(label: str, max_segments: int, local: bool = False) -> None:

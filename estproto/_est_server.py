@@ -106,6 +106,13 @@ class ESTServerSettings:
         reenroll_requires_certificate: simplereenroll must be authenticated by
             the TLS client certificate being renewed (4.2.2), except for RAs.
         max_body_size: largest request body decoded.
+        challenges_before_body: when set, a POST that carries neither
+            HTTP credentials nor a verified client certificate, and whose
+            body or media type the EST layer would refuse (400, 415), is
+            answered 401 with the ``WWW-Authenticate`` values this returns:
+            authentication is decided before the body is judged. curl
+            ``--digest`` and ``--anyauth`` first send a POST with an empty
+            body to learn the challenge.
     """
 
     labels: frozenset[str] | None = None
@@ -115,6 +122,7 @@ class ESTServerSettings:
     lenient_bodies: bool = True
     reenroll_requires_certificate: bool = True
     max_body_size: int = MAX_BODY_SIZE
+    challenges_before_body: Callable[[], Sequence[str]] | None = field(default=None, compare=False)
 
     def __post_init__(self) -> None:
         if self.max_label_segments not in (1, 2):
@@ -288,6 +296,13 @@ class ESTServerProtocol:
                 user_agent, authorization, content_type,
             )
         except ProtocolError as exc:
+            challenge = self.settings.challenges_before_body
+            if (challenge is not None and method == "POST" and authorization is None
+                    and not facts.client_certificate_verified
+                    and exc.error_status_hint in (400, 415)):
+                challenges = tuple(challenge())
+                if challenges:  # none to give: the refusal stands
+                    return self._challenge(method, target, challenges)
             return self._reject(method, target, operation, exc)
         self._state = _State.AWAITING_RESPONSE
         self._current = event
@@ -307,6 +322,13 @@ class ESTServerProtocol:
         else:
             reply = text_reply(status, reason, extra)
         return RequestRejected(method, target, status, reason, reply)
+
+    @staticmethod
+    def _challenge(method: str, target: str, challenges: tuple[str, ...]) -> RequestRejected:
+        # An empty body, as AuthenticationRequired sends (Bouncy Castle
+        # fails on a 401 with one).
+        reply = Reply(401, tuple(("www-authenticate", c) for c in challenges))
+        return RequestRejected(method, target, 401, "authentication required", reply)
 
     def _build_event(
         self,

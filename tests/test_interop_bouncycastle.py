@@ -31,9 +31,12 @@ from __future__ import annotations
 
 import os
 import re
+import select
+import signal
 import subprocess
+import sys
 from pathlib import Path
-from typing import Iterator
+from typing import Any, Iterator
 
 import pytest
 
@@ -99,7 +102,7 @@ class Harness:
         self.java = java
         self.classpath = classpath
 
-    def run(self, op: str, server: RunningServer, out: Path, *extra: str,
+    def run(self, op: str, server: Any, out: Path, *extra: str,
             auth: bool = True) -> subprocess.CompletedProcess[bytes]:
         """Run one operation; not checked (see :func:`ok`)."""
         out.mkdir(parents=True, exist_ok=True)
@@ -111,7 +114,7 @@ class Harness:
         return run(args, check=False, timeout=JAVA_TIMEOUT)
 
 
-def ok(proc: subprocess.CompletedProcess[bytes], server: RunningServer, expect: str) -> str:
+def ok(proc: subprocess.CompletedProcess[bytes], server: Any, expect: str) -> str:
     """Assert the harness succeeded; return its summary line."""
     summary = proc.stdout.decode(errors="replace").strip()
     assert proc.returncode == 0 and summary.startswith(expect), (
@@ -148,7 +151,7 @@ def _serve(tmp_path_factory: pytest.TempPathFactory, name: str,
 
 @pytest.fixture(scope="module")
 def default_server(tmp_path_factory: pytest.TempPathFactory, harness: Harness) -> Iterator[RunningServer]:
-    """Out-of-the-box settings: a 401 offers Digest (SHA-256, MD5), then Basic."""
+    """Out-of-the-box settings: a 401 offers Basic, then Digest (SHA-256, MD5)."""
     yield from _serve(tmp_path_factory, "bc-default", CASettings())
 
 
@@ -309,3 +312,113 @@ def test_get_csr_attributes(harness: Harness, openssl_tool: str, default_server:
     if which == "pop":
         expected.insert(0, "challengePassword")
     assert openssl_objects(openssl_tool, der) == expected
+
+
+# ---------------------------------------------------------------------------
+# `estproto serve` as an operator starts it, and Bouncy Castle as its docs
+# show it: plain `new HttpAuth(user, password)` answers Basic only (it has
+# no digest calculators) and only the first challenge of a 401.
+
+
+class ServeProcess:
+    """A real ``estproto serve`` process on a new data directory, with
+    *args* added to its defaults; one user (USER/PASSWORD)."""
+
+    def __init__(self, data_dir: Path, *args: str) -> None:
+        estproto = [sys.executable, "-m", "estproto"]
+        env = {**os.environ, "ESTPROTO_PASSWORD": PASSWORD}
+        run([*estproto, "ca", "init", "--data-dir", data_dir, "--hostname", "127.0.0.1"])
+        subprocess.run([*estproto, "ca", "add-user", "--data-dir", str(data_dir), USER],
+                       env=env, check=True, capture_output=True, timeout=TOOL_TIMEOUT)
+        self.trust = data_dir / "ca.pem"
+        self.log = data_dir.with_name(data_dir.name + "-serve.log")
+        with open(self.log, "wb") as err:
+            self.proc = subprocess.Popen(
+                [*estproto, "serve", "--data-dir", str(data_dir), "--port", "0", *args],
+                stdout=subprocess.PIPE, stderr=err, stdin=subprocess.DEVNULL)
+        assert self.proc.stdout is not None
+        ready, _, _ = select.select([self.proc.stdout], [], [], JAVA_TIMEOUT)
+        line = self.proc.stdout.readline().decode() if ready else ""
+        match = re.match(r"listening on https://127\.0\.0\.1:(\d+)/", line)
+        if match is None:
+            self.stop()
+            raise AssertionError(f"serve did not start: {line!r}\n{self.log_text()}")
+        self.port = int(match.group(1))
+
+    def log_text(self) -> str:
+        return self.log.read_text(errors="replace")
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(30)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(10)
+        if self.proc.stdout is not None:
+            self.proc.stdout.close()
+
+
+def _serve_process(tmp_path_factory: pytest.TempPathFactory, name: str, *args: str) -> Iterator[ServeProcess]:
+    server = ServeProcess(tmp_path_factory.mktemp(name) / "DIR", *args)
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.fixture(scope="module")
+def serve_defaults(tmp_path_factory: pytest.TempPathFactory, harness: Harness) -> Iterator[ServeProcess]:
+    yield from _serve_process(tmp_path_factory, "bc-serve")
+
+
+@pytest.fixture(scope="module")
+def serve_digest_only(tmp_path_factory: pytest.TempPathFactory, harness: Harness) -> Iterator[ServeProcess]:
+    yield from _serve_process(tmp_path_factory, "bc-serve-digest", "--auth-schemes", "digest-sha256,digest-md5")
+
+
+AUTH_KINDS = ["plain", "builder"]
+
+
+@pytest.mark.parametrize("auth_kind", AUTH_KINDS)
+def test_serve_defaults_enroll_then_reenroll(harness: Harness, openssl_tool: str, serve_defaults: ServeProcess,
+                                             tmp_path: Path, auth_kind: str) -> None:
+    """simpleenroll with a password, then simplereenroll (new key) over TLS
+    client authentication with the certificate just issued, both with
+    BC's plain HttpAuth and with its digest-capable builder."""
+    first = tmp_path / "enroll"
+    proc = harness.run("enroll", serve_defaults, first, "--subject", SUBJECT_DN, "--auth-kind", auth_kind)
+    assert ok(proc, serve_defaults, "enroll ok") == "enroll ok certs=1"
+    check_issued(openssl_tool, serve_defaults.trust, first / "cert.pem", subject=SUBJECT,
+                 pubkey=pubkey_of(openssl_tool, "req", first / "csr.pem"))
+    second = tmp_path / "reenroll"
+    proc = harness.run("reenroll", serve_defaults, second, "--subject", SUBJECT_DN,
+                       "--auth-kind", auth_kind, "--client-dir", str(first))
+    assert ok(proc, serve_defaults, "reenroll ok") == "reenroll ok certs=1"
+    new_key = pubkey_of(openssl_tool, "req", second / "csr.pem")
+    assert new_key != pubkey_of(openssl_tool, "req", first / "csr.pem")
+    check_issued(openssl_tool, serve_defaults.trust, second / "cert.pem", subject=SUBJECT, pubkey=new_key)
+
+
+@pytest.mark.parametrize("auth_kind", AUTH_KINDS)
+def test_serve_defaults_serverkeygen(harness: Harness, openssl_tool: str, serve_defaults: ServeProcess,
+                                     tmp_path: Path, auth_kind: str) -> None:
+    proc = harness.run("serverkeygen", serve_defaults, tmp_path, "--subject", SUBJECT_DN,
+                       "--auth-kind", auth_kind)
+    assert ok(proc, serve_defaults, "serverkeygen ok").startswith("serverkeygen ok certs=1")
+    key_pub = run([openssl_tool, "pkey", "-in", tmp_path / "key.pem", "-pubout"]).stdout
+    check_issued(openssl_tool, serve_defaults.trust, tmp_path / "cert.pem", subject=SUBJECT, pubkey=key_pub)
+
+
+def test_serve_digest_only_takes_the_builder_not_plain_httpauth(
+        harness: Harness, openssl_tool: str, serve_digest_only: ServeProcess, tmp_path: Path) -> None:
+    """``--auth-schemes digest-sha256,digest-md5`` offers no Basic: the
+    digest builder enrolls; plain HttpAuth cannot (why Basic leads by default)."""
+    proc = harness.run("enroll", serve_digest_only, tmp_path / "builder", "--subject", SUBJECT_DN,
+                       "--auth-kind", "builder")
+    assert ok(proc, serve_digest_only, "enroll ok") == "enroll ok certs=1"
+    proc = harness.run("enroll", serve_digest_only, tmp_path / "plain", "--subject", SUBJECT_DN,
+                       "--auth-kind", "plain")
+    assert proc.returncode != 0
+    assert not (tmp_path / "plain" / "cert.pem").exists()

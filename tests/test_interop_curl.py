@@ -142,16 +142,18 @@ def test_cacerts(curl: str, openssl: str, server: RunningServer, tmp_path: Path)
 
 
 def enroll_basic(curl: str, openssl: str, server: RunningServer, folder: Path, name: str,
-                 *, san: str | None = None) -> tuple[Path, Path]:
-    """The well-known curl enrollment, verbatim; returns (cert.pem, key)."""
+                 *, san: str | None = None, auth: tuple[str, ...] = ()) -> tuple[Path, Path]:
+    """The well-known curl enrollment, verbatim (with *auth* flags such as
+    ``--digest`` added); returns (cert.pem, key)."""
     key = make_key(openssl, folder / f"{name}.key")
     make_csr_b64(openssl, key, f"/O=Example/CN={name}", folder / "device.b64", san=san)
-    cmd: list[str | Path] = [curl, "--cacert", server.trust, "--user", f"{USER}:{PASSWORD}", "--data", "@device.b64",
+    cmd: list[str | Path] = [curl, "--cacert", server.trust, *auth, "--user", f"{USER}:{PASSWORD}", "--data", "@device.b64",
            "-o", "device-p7.b64", "-H", "Content-Type: application/pkcs10",
            "-H", "Content-Transfer-Encoding: base64",
            f"https://127.0.0.1:{server.port}{EST_PATH}/simpleenroll"]
     proc = run(cmd, cwd=folder, check=False)
     assert proc.returncode == 0, describe(proc, server)
+    (folder / "curl.stderr").write_bytes(proc.stderr)
     body = (folder / "device-p7.b64").read_bytes()
     assert not body.startswith(b"HTTP") and b"-----" not in body, body[:200]
     der = p7_b64_to_der(folder / "device-p7.b64")
@@ -170,6 +172,22 @@ def test_simpleenroll_basic_classic_command_line(curl: str, openssl: str, server
                  pubkey=pubkey_of(openssl, "req", tmp_path / "device.csr.pem"),
                  subject="CN=curl-basic,O=Example",
                  san="DNS:curl-basic.example, IP Address:192.0.2.7")
+
+
+@pytest.mark.parametrize(("flags", "scheme"), [
+    ((), "Basic"),               # --user alone: Basic, sent up front
+    (("--digest",), "Digest"),   # probes with an empty body first
+    (("--anyauth",), "Digest"),  # picks the safest scheme the 401 offers
+], ids=["user", "digest", "anyauth"])
+def test_simpleenroll_with_each_curl_auth_mode(curl: str, openssl: str, server: RunningServer,
+                                               tmp_path: Path, flags: tuple[str, ...], scheme: str) -> None:
+    """The default server works with every way curl authenticates; the
+    unauthenticated probe gets a 401, not a 400 for its empty body."""
+    cert, _ = enroll_basic(curl, openssl, server, tmp_path, "curl-auth", auth=("-v", *flags))
+    check_issued(openssl, server.trust, cert, subject="CN=curl-auth,O=Example",
+                 pubkey=pubkey_of(openssl, "req", tmp_path / "device.csr.pem"))
+    sent = re.findall(rb"> Authorization: (\w+)", (tmp_path / "curl.stderr").read_bytes())
+    assert sent and {s.decode() for s in sent} == {scheme}
 
 
 def test_simpleenroll_wrong_password_is_401(curl: str, openssl: str, server: RunningServer,

@@ -122,7 +122,7 @@ from .store import (
     StoreError,
 )
 
-__all__ = ["EmbeddedCA", "CASettings", "Profile", "CAError", "KeyType", "CA_FILES"]
+__all__ = ["EmbeddedCA", "CASettings", "Profile", "CAError", "KeyType", "CA_FILES", "AUTH_SCHEMES", "DEFAULT_AUTH_SCHEMES"]
 
 _log = logging.getLogger("estproto.ca")
 
@@ -223,6 +223,14 @@ class Profile:
             raise CAError(f"the CA sets these extensions itself: {sorted(bad)}")
 
 
+#: HTTP authentication schemes the embedded CA can offer, with the Digest
+#: algorithm each stands for (RFC 7617, RFC 7616).
+AUTH_SCHEMES: Mapping[str, str | None] = {
+    "basic": None, "digest-sha256": "SHA-256", "digest-md5": "MD5",
+}
+DEFAULT_AUTH_SCHEMES = ("basic", "digest-sha256", "digest-md5")
+
+
 @dataclass(frozen=True)
 class CASettings:
     """Run-time policy of an :class:`EmbeddedCA` (not stored in the data dir).
@@ -237,6 +245,14 @@ class CASettings:
             this one CA; the label is recorded with each certificate).
         accept_basic, accept_digest, accept_certificates: authentication
             methods accepted (all by default).
+        auth_schemes: the HTTP schemes of a 401, in the order sent, from
+            :data:`AUTH_SCHEMES` (those switched off by ``accept_basic`` /
+            ``accept_digest`` are left out). Basic comes first by default:
+            Bouncy Castle's EST client answers only the first challenge and
+            its plain ``HttpAuth`` cannot do Digest, while curl, libest and
+            estproto's own client pick Digest wherever it is listed (RFC 7235
+            4.1 leaves the order to the server; RFC 7030 3.2.3 allows either
+            over TLS, and credentials are honoured only over TLS).
         basic_cache_seconds: how long a successful Basic check is remembered
             (0 disables; a changed password takes effect in other processes
             after at most this long).
@@ -253,6 +269,7 @@ class CASettings:
     accept_basic: bool = True
     accept_digest: bool = True
     accept_certificates: bool = True
+    auth_schemes: tuple[str, ...] = DEFAULT_AUTH_SCHEMES
     basic_cache_seconds: float = 30.0
     keks: Mapping[bytes, bytes] = field(default_factory=dict, repr=False)
     group_commit: bool = True
@@ -261,6 +278,20 @@ class CASettings:
         object.__setattr__(self, "labels", frozenset(self.labels))
         if self.retry_after < 0:
             raise CAError("retry_after must be >= 0")
+        schemes = tuple(self.auth_schemes)
+        object.__setattr__(self, "auth_schemes", schemes)
+        unknown = [a for a in schemes if a not in AUTH_SCHEMES]
+        if unknown or len(set(schemes)) != len(schemes):
+            raise CAError(f"auth_schemes: each of {', '.join(AUTH_SCHEMES)} at most once, "
+                          f"not {', '.join(schemes) or 'nothing'}")
+
+    @property
+    def challenge_schemes(self) -> tuple[str, ...]:
+        """The schemes a 401 offers, in order (switched-off ones left out)."""
+        return tuple(
+            a for a in self.auth_schemes
+            if (self.accept_basic if a == "basic" else self.accept_digest)
+        )
 
 
 # ---------------------------------------------------------------------------
@@ -444,7 +475,14 @@ class EmbeddedCA(CABackend):
             .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
         )
         self._aki = x509.AuthorityKeyIdentifier.from_issuer_subject_key_identifier(self._issuer_ski)
-        self._digest = auth.DigestAuthority(digest_secret, realm)
+        algorithms = [AUTH_SCHEMES[a] for a in self.settings.auth_schemes if a != "basic"]
+        self._digest = auth.DigestAuthority(
+            digest_secret, realm, algorithms=[a for a in algorithms if a] or ["SHA-256"])
+        # Credentials count only in a scheme the 401 offers (Digest answers
+        # only for the algorithms offered: DigestAuthority checks that).
+        offered = self.settings.challenge_schemes
+        self._basic_offered = "basic" in offered
+        self._digest_offered = any(a != "basic" for a in offered)
         self._cache_secret = secrets.token_bytes(32)
         self._basic_cache: dict[bytes, float] = {}
         self._cache_lock = threading.Lock()
@@ -694,6 +732,9 @@ class EmbeddedCA(CABackend):
         """EST-layer settings matching this CA: its labels and PoP policy."""
         values: dict[str, object] = {
             "labels": self.settings.labels, "pop_policy": self.settings.pop_policy,
+            # 401 before 400: an unauthenticated POST learns the challenge
+            # whatever its body (curl --digest probes with an empty one).
+            "challenges_before_body": self.challenges,
         }
         values.update(overrides)
         return ESTServerSettings(**values)  # type: ignore[arg-type]
@@ -831,18 +872,23 @@ class EmbeddedCA(CABackend):
             return None
         return record
 
-    def _challenges(self) -> tuple[str, ...]:
-        out: list[str] = []
-        if self.settings.accept_digest:
-            out += self._digest.challenges(time.time())
-        if self.settings.accept_basic:
-            out.append(auth.basic_challenge(self.realm))
+    def challenges(self) -> tuple[str, ...]:
+        """The ``WWW-Authenticate`` values of a 401, in the configured order
+        (:attr:`CASettings.auth_schemes`); empty when no password is taken."""
+        schemes = self.settings.challenge_schemes
+        digest = {}
+        if self._digest_offered:
+            digest = dict(zip(self._digest.algorithms, self._digest.challenges(time.time())))
+        out = []
+        for scheme in schemes:
+            algorithm = AUTH_SCHEMES[scheme]
+            out.append(auth.basic_challenge(self.realm) if algorithm is None else digest[algorithm])
         return tuple(out)
 
     def _refuse(self, stale: bool = False) -> ServerResponse:
-        if stale and self.settings.accept_digest:
+        if stale and self._digest_offered:
             return AuthenticationRequired(tuple(self._digest.challenges(time.time(), stale=True)))
-        challenges = self._challenges()
+        challenges = self.challenges()
         if not challenges:
             return ErrorResponse(403, "a valid client certificate issued by this CA is required")
         return AuthenticationRequired(challenges)
@@ -865,12 +911,12 @@ class EmbeddedCA(CABackend):
                 return ErrorResponse(
                     403, "the certificate being renewed is revoked or was not issued by this CA")
         creds = request.credentials
-        if isinstance(creds, auth.BasicCredentials) and self.settings.accept_basic:
+        if isinstance(creds, auth.BasicCredentials) and self._basic_offered:
             if self._check_basic(creds):
                 return Principal(f"user:{creds.username}", "basic")
             _log.info("Basic authentication failed for %s from %s", request.operation.value,
                       facts.peer or "-")
-        elif isinstance(creds, auth.DigestCredentials) and self.settings.accept_digest:
+        elif isinstance(creds, auth.DigestCredentials) and self._digest_offered:
             result = self._digest.verify(creds, request.operation.method,
                                          self._digest_uri(request, creds.uri), self._ha1, time.time())
             if result is auth.DigestResult.OK:

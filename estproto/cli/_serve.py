@@ -55,6 +55,7 @@ from typing import Any, Callable
 from .. import auth
 from .._config import ServerConfig
 from ..ca import CA_FILES, CASettings, EmbeddedCA
+from ..ca.authority import AUTH_SCHEMES, DEFAULT_AUTH_SCHEMES
 from ._ca import init_ca
 from ._common import CLIError, ExitCode, setup_logging
 
@@ -116,7 +117,17 @@ def ca_settings(args: argparse.Namespace) -> CASettings:
         accept_basic=passwords,
         accept_digest=passwords,
         accept_certificates=args.auth in ("cert", "both"),
+        auth_schemes=args.auth_schemes,
     )
+
+
+def _auth_schemes(text: str) -> tuple[str, ...]:
+    """``--auth-schemes``: a comma-separated list, in 401 order."""
+    schemes = tuple(part.strip().lower() for part in text.split(","))
+    if not all(schemes) or any(a not in AUTH_SCHEMES for a in schemes) or len(set(schemes)) != len(schemes):
+        raise argparse.ArgumentTypeError(
+            f"{text!r}: a comma-separated list of {', '.join(AUTH_SCHEMES)}, each at most once")
+    return schemes
 
 
 def build_config(ca: EmbeddedCA, tls_min: str = "1.2", tls_max: str = "1.3") -> ServerConfig:
@@ -282,6 +293,7 @@ def _worker_command(args: argparse.Namespace, port: int) -> list[str]:
     command = [
         sys.executable, "-m", "estproto", "serve", "--data-dir", args.data_dir,
         "--host", args.host, "--port", str(port), "--reuse-port", "--auth", args.auth,
+        "--auth-schemes", ",".join(args.auth_schemes),
         "--pop", args.pop, "--retry-after", str(args.retry_after), "--tls-min", args.tls_min,
         "--tls-max", args.tls_max, "--framework", args.framework,
     ]
@@ -444,6 +456,12 @@ def add_parser(commands: Any, formatter: type[argparse.HelpFormatter]) -> None:
     p.add_argument("--auth", choices=("basic", "cert", "both"), default="both",
                    help="accept HTTP users (Basic and Digest), TLS client certificates, "
                         "or both (default both)")
+    p.add_argument("--auth-schemes", type=_auth_schemes, default=DEFAULT_AUTH_SCHEMES,
+                   metavar="LIST",
+                   help="HTTP schemes offered in a 401, in this order (default "
+                        f"{','.join(DEFAULT_AUTH_SCHEMES)}: Bouncy Castle answers only the first "
+                        "and its plain HttpAuth has no Digest; curl --anyauth and estproto pick "
+                        "Digest anyway); e.g. digest-sha256,digest-md5 for Digest only")
     p.add_argument("--pop", choices=[m.value for m in auth.PoPPolicy], default="verify-if-present",
                    help="proof-of-possession linking, RFC 7030 3.5 (default verify-if-present)")
     p.add_argument("--manual-approval", action="store_true",

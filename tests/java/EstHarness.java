@@ -7,13 +7,16 @@
  *
  *   cacerts        ESTService.getCACerts()                       RFC 7030 4.1
  *   enroll         ESTService.simpleEnroll(false, csr, auth)     RFC 7030 4.2
+ *   reenroll       ESTService.simpleEnroll(true, csr, auth) with a  RFC 7030 4.2.2
+ *                  TLS client certificate from --client-dir
  *   enroll-pop     ESTService.simpleEnrollPoP(false, ...) over   RFC 7030 3.5
  *                  BCJSSE, TLS 1.2, tls-unique from the socket
  *   serverkeygen   ESTService.simpleEnrollWithServersideCreation RFC 7030 4.4
  *   csrattrs       ESTService.getCSRAttributes()                 RFC 7030 4.5
  *
  * Options: --server HOST:PORT --trust CA.pem --out DIR [--user U --password P]
- * [--subject DN] [--tls TLSv1.2|TLSv1.3] [--jsse sun|bc].
+ * [--subject DN] [--tls TLSv1.2|TLSv1.3] [--jsse sun|bc] [--auth-kind plain|builder]
+ * [--client-dir DIR] (TLS client certificate: DIR/cert.pem, DIR/key.pem).
  *
  * Bouncy Castle picks Basic or Digest itself from the server's first
  * WWW-Authenticate header, so "enroll with Basic" and "enroll with Digest"
@@ -35,7 +38,10 @@ import java.io.InputStream;
 import java.net.Socket;
 import java.nio.charset.StandardCharsets;
 import java.nio.file.Files;
+import java.security.KeyFactory;
 import java.security.KeyPair;
+import java.security.KeyStore;
+import java.security.PrivateKey;
 import java.security.KeyPairGenerator;
 import java.security.Provider;
 import java.security.Security;
@@ -44,6 +50,7 @@ import java.security.cert.CertificateFactory;
 import java.security.cert.TrustAnchor;
 import java.security.cert.X509Certificate;
 import java.security.spec.ECGenParameterSpec;
+import java.security.spec.PKCS8EncodedKeySpec;
 import java.util.ArrayList;
 import java.util.Base64;
 import java.util.Collection;
@@ -55,6 +62,7 @@ import java.util.Set;
 import java.util.logging.Level;
 import java.util.logging.Logger;
 
+import javax.net.ssl.KeyManagerFactory;
 import javax.net.ssl.SSLSocket;
 import javax.net.ssl.X509TrustManager;
 
@@ -69,6 +77,7 @@ import org.bouncycastle.est.ESTAuth;
 import org.bouncycastle.est.ESTException;
 import org.bouncycastle.est.ESTService;
 import org.bouncycastle.est.EnrollmentResponse;
+import org.bouncycastle.est.HttpAuth;
 import org.bouncycastle.est.jcajce.ChannelBindingProvider;
 import org.bouncycastle.est.jcajce.JcaHttpAuthBuilder;
 import org.bouncycastle.est.jcajce.JcaJceUtils;
@@ -131,6 +140,10 @@ public final class EstHarness
             else if (op.equals("enroll"))
             {
                 h.enroll();
+            }
+            else if (op.equals("reenroll"))
+            {
+                h.reenroll();
             }
             else if (op.equals("enroll-pop"))
             {
@@ -231,6 +244,26 @@ public final class EstHarness
         {
             b.withTLSVersion(tls);
         }
+        String clientDir = opts.get("client-dir");
+        if (clientDir != null)
+        {
+            // TLS client authentication with an earlier enrollment's
+            // cert.pem and key.pem (simplereenroll, RFC 7030 4.2.2).
+            X509Certificate cert = (X509Certificate)CertificateFactory.getInstance("X.509")
+                .generateCertificates(new FileInputStream(new File(clientDir, "cert.pem"))).iterator().next();
+            String pem = new String(Files.readAllBytes(new File(clientDir, "key.pem").toPath()),
+                StandardCharsets.US_ASCII);
+            byte[] der = Base64.getMimeDecoder().decode(
+                pem.replaceAll("-----[A-Z ]+-----", ""));
+            PrivateKey key = KeyFactory.getInstance("EC").generatePrivate(new PKCS8EncodedKeySpec(der));
+            KeyStore ks = KeyStore.getInstance("PKCS12");
+            ks.load(null, null);
+            char[] pass = "harness".toCharArray();
+            ks.setKeyEntry("client", key, pass, new Certificate[]{cert});
+            KeyManagerFactory kmf = KeyManagerFactory.getInstance(KeyManagerFactory.getDefaultAlgorithm());
+            kmf.init(ks, pass);
+            b.withKeyManagers(kmf.getKeyManagers());
+        }
         if ("bc".equals(opts.get("jsse")))
         {
             Provider jsse = new BouncyCastleJsseProvider();
@@ -267,6 +300,12 @@ public final class EstHarness
         if (user == null)
         {
             return null;
+        }
+        if ("plain".equals(opts.get("auth-kind")))
+        {
+            // The constructor BC's documentation shows for Basic: it has no
+            // digest calculators, so it can answer Basic only.
+            return new HttpAuth(user, need("password").toCharArray());
         }
         // The builder supplies a nonce generator and digest calculators, so
         // the same object answers a Basic or a Digest challenge.
@@ -352,10 +391,23 @@ public final class EstHarness
     {
         KeyPair kp = newKey();
         writePem("pubkey.pem", "PUBLIC KEY", kp.getPublic().getEncoded());
+        writePem("key.pem", "PRIVATE KEY", kp.getPrivate().getEncoded());
         PKCS10CertificationRequest csr = csrBuilder(kp).build(signer(kp));
         writePem("csr.pem", "CERTIFICATE REQUEST", csr.getEncoded());
         int n = writeEnrolled(service().simpleEnroll(false, csr, auth()));
         System.out.println("enroll ok certs=" + n);
+    }
+
+    private void reenroll() throws Exception
+    {
+        // A new key (rekey) for the subject of the certificate in --client-dir.
+        need("client-dir");
+        KeyPair kp = newKey();
+        writePem("pubkey.pem", "PUBLIC KEY", kp.getPublic().getEncoded());
+        PKCS10CertificationRequest csr = csrBuilder(kp).build(signer(kp));
+        writePem("csr.pem", "CERTIFICATE REQUEST", csr.getEncoded());
+        int n = writeEnrolled(service().simpleEnroll(true, csr, auth()));
+        System.out.println("reenroll ok certs=" + n);
     }
 
     private void enrollPop() throws Exception

@@ -86,12 +86,13 @@ from ._state import ConnectionState
 from ._tls import ChannelBinding, ClientTLSContext, PeerCertificate, ServerTLSContext, TLSSession
 from .client import ClientConnection, Credentials, check_fingerprint
 from .server import ServerConnection
+from .sync import ESTClient  # the blocking client; async ones: estproto.trio, estproto.asyncio
 
 __version__ = "0.1.0.dev0"
 
 __all__ = [
     # connections and configuration
-    "ServerConnection", "ClientConnection", "ServerConfig", "ClientConfig",
+    "ServerConnection", "ClientConnection", "ServerConfig", "ClientConfig", "ESTClient",
     "ServerTLSContext", "ClientTLSContext", "HTTPLimits", "ESTServerSettings",
     "LinePolicyChoice", "Credentials", "check_fingerprint", "ConnectionState", "Operation",
     # the client's decisions over many connections, and their I/O instructions

@@ -35,6 +35,7 @@ the commands so ``--help`` stays quick. Errors travel as
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 
 from ._common import EXIT_CODES_HELP, CLIError, ExitCode, Parser
@@ -82,7 +83,10 @@ def build_parser() -> argparse.ArgumentParser:
     """The whole ``estproto`` argument parser."""
     from . import _ca, _client, _serve
 
+    from .. import __version__
+
     parser = Parser(prog="estproto", description=_DESCRIPTION, epilog=_EPILOG, formatter_class=_Formatter)
+    parser.add_argument("--version", action="version", version=f"estproto {__version__}")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     demo = commands.add_parser(
         "demo", help="run the whole EST job locally: CA, server, enrollment, checks",
@@ -122,3 +126,15 @@ def main(argv: list[str] | None = None) -> int:
         return int(exc.code)
     except KeyboardInterrupt:
         return 130
+    except BrokenPipeError:
+        # `estproto ca list | head`: the reader left. Say nothing more, and
+        # keep Python from complaining while it flushes stdout at exit.
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        return 1
+    except (PermissionError, FileNotFoundError, NotADirectoryError, IsADirectoryError) as exc:
+        # A file or directory the command was pointed at (a data dir, a
+        # key): one line naming it, not a traceback.
+        where = f"{exc.filename}: " if exc.filename else ""
+        print(f"estproto: {where}{exc.strerror or exc}", file=sys.stderr)
+        return int(ExitCode.USAGE)

@@ -52,7 +52,9 @@ from ..ca import (
 )
 from ..codecs import pkcs10
 from ._client import KEY_TYPES, _read_csr, _subject, new_key
-from ._common import CLIError, ExitCode, parse_names, read_password, write_output, write_private_key
+from ._common import (
+    CLIError, ExitCode, parse_names, positive_count, read_password, write_output, write_private_key,
+)
 
 __all__ = ["add_parser", "init_ca", "CA_KEY_TYPES"]
 
@@ -343,12 +345,12 @@ def add_parser(commands: Any, formatter: type[argparse.HelpFormatter]) -> None:
 
     p = command("approve", "approve a pending request; the client's next retry gets its certificate",
                 "estproto ca approve --data-dir ./est-ca 3")
-    p.add_argument("id", type=int, metavar="ID", help="request id from 'ca list --pending'")
+    p.add_argument("id", type=positive_count, metavar="ID", help="request id from 'ca list --pending'")
     p.set_defaults(func=_with_ca(_approve))
 
     p = command("reject", "reject a pending request; the client's retries get 403",
                 "estproto ca reject --data-dir ./est-ca 3 --note 'unknown device'")
-    p.add_argument("id", type=int, metavar="ID", help="request id from 'ca list --pending'")
+    p.add_argument("id", type=positive_count, metavar="ID", help="request id from 'ca list --pending'")
     p.add_argument("--note", default="", help="why (kept in the store)")
     p.set_defaults(func=_with_ca(_reject))
 

@@ -65,7 +65,11 @@ from ._common import (
     EXIT_CODES_HELP,
     CLIError,
     ExitCode,
+    count,
     parse_names,
+    parse_subject,
+    positive_seconds,
+    seconds,
     read_certificates,
     read_password,
     read_private_key,
@@ -283,10 +287,7 @@ def _run(command: Callable[[], Awaitable[int]]) -> int:
 
 def _subject(args: argparse.Namespace, default: x509.Name | None = None) -> x509.Name:
     if args.subject:
-        try:
-            return x509.Name.from_rfc4514_string(args.subject)
-        except ValueError as exc:
-            raise CLIError(ExitCode.USAGE, f"--subject {args.subject!r}: {exc}") from None
+        return parse_subject(args.subject)
     if default is not None:
         return default
     raise CLIError(ExitCode.USAGE, "give --subject, e.g. --subject CN=device-1")
@@ -361,7 +362,26 @@ def _cmd_cacerts(args: argparse.Namespace) -> int:
     return _run(run)
 
 
+def _check_request_flags(args: argparse.Namespace, *, key_out_kept: bool = False) -> None:
+    """Refuse flags that would be silently ignored: a ready-made ``--csr``
+    already holds the subject, names and key, and cannot be linked to a TLS
+    channel it was signed before (RFC 7030 3.5). Settles ``--pop``'s default."""
+    pop = getattr(args, "pop", False)
+    if args.csr:
+        flags = [("--subject", args.subject), ("--san", args.san), ("--key-type", args.key_type),
+                 ("--pop", pop)]
+        if not key_out_kept:
+            flags.append(("--key-out", args.key_out))
+        extra = [flag for flag, value in flags if value]
+        if extra:
+            raise CLIError(ExitCode.USAGE, f"--csr already holds the subject, names and key and "
+                                           f"cannot be linked to this connection: drop {', '.join(extra)}")
+    if hasattr(args, "pop") and pop is None:
+        args.pop = not args.csr
+
+
 def _enroll_like(args: argparse.Namespace, reenroll: bool) -> int:
+    _check_request_flags(args)
     session = _Session(args)
     if reenroll and session.client_key is None:
         raise CLIError(ExitCode.USAGE, "reenroll needs --cert and --key: the certificate being renewed")
@@ -429,6 +449,7 @@ def _key_identifier(cert: x509.Certificate) -> bytes:
 
 
 def _cmd_serverkeygen(args: argparse.Namespace) -> int:
+    _check_request_flags(args, key_out_kept=True)
     session = _Session(args)
     if not args.key_out:
         raise CLIError(ExitCode.USAGE, "give --key-out FILE: where to save the key the server generates")
@@ -436,7 +457,7 @@ def _cmd_serverkeygen(args: argparse.Namespace) -> int:
     # RFC 7030 4.4.1: the server "MUST ignore the public key values and
     # signature in the CSR"; our throwaway key only says which type we want.
     throwaway = new_key(args.key_type or "p256")
-    subject = _subject(args)
+    subject = _subject(args) if csr_der is None else x509.Name([])  # --csr has its own
     csr_kwargs: dict[str, Any] = {"subject_alt_names": parse_names(args.san or ())}
     decryption_key: pkcs10.PrivateKey | None = None
     if args.encrypt_key:
@@ -526,6 +547,7 @@ def _cmd_csrattrs(args: argparse.Namespace) -> int:
 
 
 def _cmd_fullcmc(args: argparse.Namespace) -> int:
+    _check_request_flags(args)
     session = _Session(args)
     existing = _existing_key(args, session)
     if args.csr:
@@ -583,7 +605,7 @@ def _common(p: argparse.ArgumentParser, *, credentials: bool, output: bool = Tru
                          help="private key of --cert; without --key-type also the key the CSR is for")
     p.add_argument("--out", metavar="FILE", help="write the result here (default stdout)")
     p.add_argument("--format", choices=("pem", "der"), default="pem", help="output format (default pem)")
-    p.add_argument("--timeout", type=float, default=30.0, metavar="S",
+    p.add_argument("--timeout", type=positive_seconds, default=30.0, metavar="S",
                    help="seconds for connecting and for each response (default 30)")
 
 
@@ -598,15 +620,15 @@ def _csr_options(p: argparse.ArgumentParser, *, pop: bool = True, key_out_help: 
                    help=key_out_help or "where to save a generated key (PEM, mode 0600)")
     g.add_argument("--csr", metavar="FILE", help="send this ready-made PKCS#10 (PEM or DER) instead")
     if pop:
-        g.add_argument("--pop", action=argparse.BooleanOptionalAction, default=True,
+        g.add_argument("--pop", action=argparse.BooleanOptionalAction, default=None,
                        help="link the CSR to the TLS channel, RFC 7030 3.5 (default on; "
                             "not possible with --csr)")
 
 
 def _retry_options(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--max-retries", type=int, default=MAX_RETRIES, metavar="N",
+    p.add_argument("--max-retries", type=count, default=MAX_RETRIES, metavar="N",
                    help=f"times to wait out a 202 Retry-After and ask again (default {MAX_RETRIES})")
-    p.add_argument("--max-retry-wait", type=float, default=MAX_RETRY_WAIT, metavar="S",
+    p.add_argument("--max-retry-wait", type=seconds, default=MAX_RETRY_WAIT, metavar="S",
                    help=f"longest Retry-After to wait for, seconds (default {MAX_RETRY_WAIT:g})")
 
 

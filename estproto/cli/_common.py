@@ -18,9 +18,10 @@ import getpass
 import ipaddress
 import logging
 import os
+import re
 import sys
 from pathlib import Path
-from typing import NoReturn, Sequence
+from typing import Any, NoReturn, Sequence
 
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
@@ -98,6 +99,67 @@ class Parser(argparse.ArgumentParser):
     def error(self, message: str) -> NoReturn:
         self.print_usage(sys.stderr)
         self.exit(int(ExitCode.USAGE), f"{self.prog}: error: {message}\n")
+
+
+# -- argument types (argparse calls them; a ValueError-free message each) ------
+
+
+def _number(kind: type, low: float | None, high: float | None, what: str) -> Any:
+    def parse(text: str) -> Any:
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not {what}") from None
+        if value != value or value in (float("inf"), float("-inf")) or (
+                low is not None and value < low) or (high is not None and value > high):
+            raise argparse.ArgumentTypeError(f"{text!r} is not {what}")
+        return value
+    return parse
+
+
+#: A TCP port; 0 asks the system for a free one.
+port_number = _number(int, 0, 65535, "a port number (0-65535)")
+#: A count that may be zero (retries).
+count = _number(int, 0, 1_000_000, "a whole number >= 0")
+#: A count that must be at least one (workers, ids).
+positive_count = _number(int, 1, 1_000_000, "a whole number >= 1")
+#: Seconds that may be zero (a Retry-After, a wait), at most a day.
+seconds = _number(float, 0, 86_400, "a number of seconds (0-86400)")
+#: Whole seconds that may be zero, at most a day (Retry-After is delta-seconds).
+whole_seconds = _number(int, 0, 86_400, "whole seconds (0-86400)")
+#: Seconds that must be positive (a timeout), at most a day.
+positive_seconds = _number(float, 0.001, 86_400, "a positive number of seconds (at most 86400)")
+
+
+def parse_subject(text: str) -> x509.Name:
+    """A subject DN as RFC 4514 (``CN=device-1,O=Example``, least significant
+    first) or as OpenSSL writes it (``/O=Example/CN=device-1``, most
+    significant first).
+
+    Raises:
+        CLIError: USAGE, saying which forms are accepted.
+    """
+    hint = "write e.g. CN=device-1,O=Example or /O=Example/CN=device-1"
+    try:
+        if text.startswith("/"):
+            parts = [p for p in re.split(r"(?<!\\)/", text[1:]) if p]
+            if not parts or any("=" not in p for p in parts):
+                raise ValueError("no attribute=value")
+            # Each part parsed alone, so escapes and attribute names work
+            # as in RFC 4514; the order stays as written.
+            rdns = [x509.Name.from_rfc4514_string(p.replace("\\/", "/").replace(",", "\\,")).rdns[0]
+                    for p in parts]
+            name = x509.Name(rdns)
+        else:
+            if "=" not in text:
+                raise ValueError("no attribute=value")
+            name = x509.Name.from_rfc4514_string(text)
+    except ValueError as exc:
+        reason = str(exc) or "not a distinguished name"
+        raise CLIError(ExitCode.USAGE, f"--subject {text!r}: {reason}; {hint}") from None
+    if not list(name):
+        raise CLIError(ExitCode.USAGE, f"--subject {text!r} is empty; {hint}")
+    return name
 
 
 def read_password(user: str, *, confirm: bool = False) -> str:

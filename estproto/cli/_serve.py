@@ -57,7 +57,7 @@ from .._config import ServerConfig
 from ..ca import CA_FILES, CASettings, EmbeddedCA
 from ..ca.authority import AUTH_SCHEMES, DEFAULT_AUTH_SCHEMES
 from ._ca import init_ca
-from ._common import CLIError, ExitCode, setup_logging
+from ._common import CLIError, ExitCode, port_number, positive_count, setup_logging, whole_seconds
 
 __all__ = ["add_parser", "listening_line", "build_config", "ca_settings"]
 
@@ -447,7 +447,7 @@ def add_parser(commands: Any, formatter: type[argparse.HelpFormatter]) -> None:
     )
     p.add_argument("--data-dir", required=True, metavar="DIR", help="the CA's data directory")
     p.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
-    p.add_argument("--port", type=int, default=8443, help="TCP port (default 8443; 0 picks a free one)")
+    p.add_argument("--port", type=port_number, default=8443, help="TCP port (default 8443; 0 picks a free one)")
     p.add_argument("--hostname", action="append", metavar="NAME",
                    help="name or IP in the server's TLS certificate (repeatable; "
                         "default: --host, 127.0.0.1, localhost)")
@@ -466,13 +466,13 @@ def add_parser(commands: Any, formatter: type[argparse.HelpFormatter]) -> None:
                    help="proof-of-possession linking, RFC 7030 3.5 (default verify-if-present)")
     p.add_argument("--manual-approval", action="store_true",
                    help="answer enrollments 202 until approved with 'estproto ca approve'")
-    p.add_argument("--retry-after", type=int, default=60, metavar="S",
+    p.add_argument("--retry-after", type=whole_seconds, default=60, metavar="S",
                    help="seconds in Retry-After while pending (default 60)")
     p.add_argument("--tls-min", choices=("1.2", "1.3"), default="1.2", help="lowest TLS version (default 1.2)")
     p.add_argument("--tls-max", choices=("1.2", "1.3"), default="1.3", help="highest TLS version (default 1.3)")
     p.add_argument("--framework", choices=("trio", "asyncio"), default="trio",
                    help="I/O framework (default trio)")
-    p.add_argument("--workers", type=int, default=1, metavar="N",
+    p.add_argument("--workers", type=positive_count, default=1, metavar="N",
                    help="server processes sharing the port with SO_REUSEPORT (default 1)")
     p.add_argument("-v", "--verbose", action="count", default=0, help="debug logging")
     # Internal: a worker started by a --workers parent joins its port.

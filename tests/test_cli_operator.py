@@ -1,0 +1,120 @@
+"""The command line as an operator uses it: bad flags refused by name,
+readable messages, no tracebacks (issue 14, items 2, 7, 8, 9, 10).
+
+Every test runs the real ``estproto`` command in a subprocess and checks its
+exit status (1: usage, ``estproto --help``) and what it printed.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from cryptography import x509
+
+import estproto
+
+ESTPROTO = [sys.executable, "-m", "estproto"]
+TIMEOUT = 60
+
+
+def cli(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([*ESTPROTO, *args], capture_output=True, text=True, timeout=TIMEOUT,
+                          stdin=subprocess.DEVNULL)
+
+
+@pytest.fixture(scope="module")
+def data_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    d = tmp_path_factory.mktemp("operator") / "DIR"
+    assert cli("ca", "init", "--data-dir", str(d), "--hostname", "127.0.0.1").returncode == 0
+    return d
+
+
+def test_version() -> None:
+    result = cli("--version")
+    assert result.returncode == 0
+    assert result.stdout.strip() == f"estproto {estproto.__version__}"
+
+
+URL = "https://127.0.0.1:1/.well-known/est"
+
+
+@pytest.mark.parametrize(("args", "flag"), [
+    (["serve", "--port", "70000"], "--port"),
+    (["serve", "--port", "-1"], "--port"),
+    (["serve", "--workers", "0"], "--workers"),
+    (["serve", "--retry-after", "-5"], "--retry-after"),
+    (["serve", "--retry-after", "1.5"], "--retry-after"),
+    (["enroll", URL, "--timeout", "0"], "--timeout"),
+    (["enroll", URL, "--timeout", "nan"], "--timeout"),
+    (["enroll", URL, "--max-retries", "-1"], "--max-retries"),
+    (["enroll", URL, "--max-retry-wait", "inf"], "--max-retry-wait"),
+    (["ca", "approve", "0"], "ID"),
+], ids=lambda v: " ".join(v) if isinstance(v, list) else v)
+def test_numeric_flags_are_range_checked(data_dir: Path, args: list[str], flag: str) -> None:
+    if args[0] in ("serve", "ca"):
+        args = [*args[:2], "--data-dir", str(data_dir), *args[2:]] if args[0] == "ca" else \
+            [args[0], "--data-dir", str(data_dir), *args[1:]]
+    result = cli(*args)
+    assert result.returncode == 1, result
+    assert f"argument {flag}" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_subject_without_an_attribute_says_how_to_write_one(tmp_path: Path) -> None:
+    result = cli("enroll", URL, "--insecure", "--subject", "device-1", "--key-out", str(tmp_path / "k"))
+    assert result.returncode == 1
+    assert "--subject 'device-1'" in result.stderr and "CN=device-1" in result.stderr
+    assert not (tmp_path / "k").exists()
+
+
+@pytest.mark.parametrize(("subject", "rfc4514"), [
+    ("CN=gw,O=Example", "CN=gw,O=Example"),
+    ("/O=Example/CN=gw", "CN=gw,O=Example"),             # OpenSSL's form, most significant first
+    ("/C=DE/O=A\\/B/CN=gw", "CN=gw,O=A/B,C=DE"),          # an escaped slash stays in the value
+    ("/O=Example, Inc./CN=gw", "CN=gw,O=Example\\, Inc."),  # a comma is just a character there
+])
+def test_subject_in_either_notation(data_dir: Path, tmp_path: Path, subject: str, rfc4514: str) -> None:
+    out = tmp_path / "gw.pem"
+    result = cli("ca", "issue", "--data-dir", str(data_dir), "--subject", subject,
+                 "--key-out", str(tmp_path / "gw.key"), "--out", str(out))
+    assert result.returncode == 0, result.stderr
+    assert x509.load_pem_x509_certificate(out.read_bytes()).subject.rfc4514_string() == rfc4514
+
+
+@pytest.mark.parametrize("flags", [["--subject", "CN=x"], ["--pop"], ["--key-type", "p384"]],
+                         ids=lambda f: f[0])
+def test_flags_a_ready_made_csr_would_ignore_are_refused(tmp_path: Path, flags: list[str]) -> None:
+    csr = tmp_path / "x.csr"
+    csr.write_bytes(b"not read: the flags are checked first")
+    result = cli("enroll", URL, "--insecure", "--csr", str(csr), *flags)
+    assert result.returncode == 1
+    assert f"drop {flags[0]}" in result.stderr
+
+
+def test_a_closed_pipe_ends_quietly(data_dir: Path) -> None:
+    # `estproto ca list | head -0`: the reader is gone before the first line.
+    proc = subprocess.Popen([*ESTPROTO, "ca", "list", "--data-dir", str(data_dir)],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, stdin=subprocess.DEVNULL)
+    assert proc.stdout is not None and proc.stderr is not None
+    proc.stdout.close()
+    err = proc.stderr.read().decode()
+    proc.stderr.close()
+    assert proc.wait(TIMEOUT) in (0, 1)
+    assert "Traceback" not in err and "BrokenPipe" not in err
+
+
+def test_a_data_dir_that_is_a_file_is_one_line(tmp_path: Path) -> None:
+    not_a_dir = tmp_path / "file"
+    not_a_dir.write_text("x")
+    result = cli("ca", "list", "--data-dir", str(not_a_dir / "sub"))
+    assert result.returncode != 0
+    assert "Traceback" not in result.stderr
+    assert result.stderr.startswith("estproto: ") and result.stderr.count("\n") == 1
+
+
+def test_the_blocking_client_is_estproto_esclient() -> None:
+    import estproto.sync
+
+    assert estproto.ESTClient is estproto.sync.ESTClient

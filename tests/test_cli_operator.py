@@ -118,3 +118,58 @@ def test_the_blocking_client_is_estproto_esclient() -> None:
     import estproto.sync
 
     assert estproto.ESTClient is estproto.sync.ESTClient
+
+
+# ---------------------------------------------------------------------------
+# Nothing lost: outputs checked before sending, keys never overwritten, and
+# the same command after a 202 picks up the approval (items 3 and 4).
+
+
+def test_an_unwritable_out_is_refused_before_anything_is_sent(tmp_path: Path) -> None:
+    # Port 1 has no server: a network error would mean the check came late.
+    key = tmp_path / "device.key"
+    result = cli("enroll", URL, "--insecure", "--subject", "CN=x", "--key-out", str(key),
+                 "--out", str(tmp_path / "nodir" / "x.pem"))
+    assert result.returncode == 1
+    assert "--out" in result.stderr and "no directory" in result.stderr
+    assert not key.exists()  # no orphan key
+    result = cli("enroll", URL, "--insecure", "--subject", "CN=x", "--key-out", str(tmp_path),
+                 "--out", str(tmp_path / "x.pem"))
+    assert result.returncode == 1 and "is a directory" in result.stderr
+
+
+def test_pending_then_the_same_command_gets_the_certificate(tmp_path: Path) -> None:
+    from cryptography.hazmat.primitives import serialization
+    from test_cli import PASSWORD, run, serving
+
+    data = tmp_path / "DIR"
+    with serving(data, "--manual-approval", "--retry-after", "1") as server:
+        assert run("ca", "add-user", "--data-dir", str(data), "bob", password=PASSWORD).returncode == 0
+        key, out = tmp_path / "device.key", tmp_path / "device.pem"
+        command = ["enroll", server.url, "--cacert", str(data / "ca.pem"), "--user", "bob",
+                   "--subject", "CN=device-9", "--key-out", str(key), "--out", str(out),
+                   "--max-retries", "0"]
+        first = run(*command, password=PASSWORD)
+        assert first.returncode == 4, first.stderr  # pending
+        key_bytes = key.read_bytes()
+        listed = run("ca", "list", "--data-dir", str(data), "--pending").stdout
+        [request_id] = [line.split("\t")[0] for line in listed.splitlines() if "CN=device-9" in line]
+        assert run("ca", "approve", "--data-dir", str(data), request_id).returncode == 0
+        again = run(*command, password=PASSWORD)
+        assert again.returncode == 0, again.stderr
+        assert key.read_bytes() == key_bytes  # the same key, not overwritten
+        cert = x509.load_pem_x509_certificate(out.read_bytes())
+        private = serialization.load_pem_private_key(key_bytes, None)
+        spki = serialization.PublicFormat.SubjectPublicKeyInfo
+        assert cert.public_key().public_bytes(serialization.Encoding.DER, spki) == \
+            private.public_key().public_bytes(serialization.Encoding.DER, spki)
+        # A new key over an existing file needs --force.
+        replace = [*command[:-2], "--key-type", "p256"]
+        refused = run(*replace, password=PASSWORD)
+        assert refused.returncode == 1 and "--force" in refused.stderr
+        assert key.read_bytes() == key_bytes
+        keygen = run("serverkeygen", server.url, "--cacert", str(data / "ca.pem"), "--user", "bob",
+                     "--subject", "CN=device-9", "--key-out", str(key), password=PASSWORD)
+        assert keygen.returncode == 1 and "--force" in keygen.stderr
+        assert key.read_bytes() == key_bytes
+        assert server.stop() == 0

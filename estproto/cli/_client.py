@@ -22,9 +22,11 @@ a TLS client certificate (3.3.2). The client answers a Basic or Digest
 challenge only once it has verified the server.
 
 Keys: ``--key-type`` generates a key (saved to ``--key-out``, mode 0600,
-before the request is sent, so a deferred enrollment can be retried with
-the same key), ``--key`` uses an existing one, ``--csr`` sends a ready
-PKCS#10 (PEM or DER) as it is. With a generated or given key the CSR is
+before the request is sent), ``--key`` uses an existing one, ``--csr`` sends
+a ready PKCS#10 (PEM or DER) as it is. An existing ``--key-out`` file is
+never overwritten without ``--force``: its key is used again, so the same
+command repeated after a 202 asks for the same key (RFC 7030 4.2.3). Output
+paths are checked before anything is sent. With a generated or given key the CSR is
 linked to the TLS channel (RFC 7030 3.5: tls-unique / tls-exporter in
 challengePassword), rebuilt for each connection that carries it; ``--no-pop``
 turns that off.
@@ -40,6 +42,7 @@ import re
 import secrets
 import sys
 import urllib.parse
+from pathlib import Path
 from dataclasses import dataclass
 from typing import Any, Awaitable, Callable
 
@@ -65,6 +68,7 @@ from ._common import (
     EXIT_CODES_HELP,
     CLIError,
     ExitCode,
+    check_output_path,
     count,
     parse_names,
     parse_subject,
@@ -314,13 +318,22 @@ def _read_csr(path: str) -> bytes:
 
 def _csr_key(args: argparse.Namespace, existing: pkcs10.PrivateKey | None) -> pkcs10.PrivateKey:
     """The key the CSR is for: generated (``--key-type``), else *existing*
-    (``--key``), else a generated P-256 key. A generated key is saved to
-    ``--key-out`` before anything is sent."""
+    (``--key``), else the key already in ``--key-out`` (an earlier run that
+    got 202: the same command then asks again for the same key, RFC 7030
+    4.2.3), else a generated P-256 key. A generated key is saved to
+    ``--key-out`` before anything is sent, and never over an existing file
+    without ``--force``."""
     if args.key_type is None and existing is not None:
         return existing
     if not args.key_out:
         raise CLIError(ExitCode.USAGE, "a new key is generated: give --key-out FILE to keep it "
                                        "(or --key FILE to use an existing key)")
+    if Path(args.key_out).exists() and not getattr(args, "force", False):
+        if args.key_type is not None:
+            raise CLIError(ExitCode.USAGE, f"--key-out {args.key_out} exists: --force replaces it "
+                                           "with a new key, or drop --key-type to use it")
+        _warn(f"using the key in {args.key_out} (from an earlier run)")
+        return read_private_key(args.key_out)
     key = new_key(args.key_type or "p256")
     write_private_key(args.key_out, key)
     return key
@@ -365,7 +378,11 @@ def _cmd_cacerts(args: argparse.Namespace) -> int:
 def _check_request_flags(args: argparse.Namespace, *, key_out_kept: bool = False) -> None:
     """Refuse flags that would be silently ignored: a ready-made ``--csr``
     already holds the subject, names and key, and cannot be linked to a TLS
-    channel it was signed before (RFC 7030 3.5). Settles ``--pop``'s default."""
+    channel it was signed before (RFC 7030 3.5). Settles ``--pop``'s default.
+    Checks the output paths, so nothing is asked of the CA whose answer
+    could not be saved."""
+    check_output_path(getattr(args, "out", None), "--out")
+    check_output_path(getattr(args, "key_out", None), "--key-out")
     pop = getattr(args, "pop", False)
     if args.csr:
         flags = [("--subject", args.subject), ("--san", args.san), ("--key-type", args.key_type),
@@ -453,6 +470,8 @@ def _cmd_serverkeygen(args: argparse.Namespace) -> int:
     session = _Session(args)
     if not args.key_out:
         raise CLIError(ExitCode.USAGE, "give --key-out FILE: where to save the key the server generates")
+    if Path(args.key_out).exists() and not args.force:
+        raise CLIError(ExitCode.USAGE, f"--key-out {args.key_out} exists: --force replaces it")
     csr_der: bytes | None = _read_csr(args.csr) if args.csr else None
     # RFC 7030 4.4.1: the server "MUST ignore the public key values and
     # signature in the CSR"; our throwaway key only says which type we want.
@@ -619,6 +638,8 @@ def _csr_options(p: argparse.ArgumentParser, *, pop: bool = True, key_out_help: 
     g.add_argument("--key-out", metavar="FILE",
                    help=key_out_help or "where to save a generated key (PEM, mode 0600)")
     g.add_argument("--csr", metavar="FILE", help="send this ready-made PKCS#10 (PEM or DER) instead")
+    g.add_argument("--force", action="store_true",
+                   help="replace an existing --key-out file (otherwise its key is used again)")
     if pop:
         g.add_argument("--pop", action=argparse.BooleanOptionalAction, default=None,
                        help="link the CSR to the TLS channel, RFC 7030 3.5 (default on; "

@@ -246,6 +246,26 @@ def write_private_key(path: str | Path, key: object) -> None:
         raise CLIError(ExitCode.USAGE, f"cannot write {path}: {exc.strerror or exc}") from None
 
 
+def check_output_path(path: str | None, flag: str) -> None:
+    """Refuse an output path that cannot be written, before anything is
+    sent: a certificate issued (and recorded by the CA) must not be lost
+    to a typo in ``--out``.
+
+    Raises:
+        CLIError: USAGE naming *flag* and why.
+    """
+    if path is None or path == "-":
+        return
+    target = Path(path)
+    parent = target.parent if str(target.parent) else Path(".")
+    if target.is_dir():
+        raise CLIError(ExitCode.USAGE, f"{flag} {path}: is a directory")
+    if not parent.is_dir():
+        raise CLIError(ExitCode.USAGE, f"{flag} {path}: no directory {parent}")
+    if not os.access(parent, os.W_OK | os.X_OK) or (target.exists() and not os.access(target, os.W_OK)):
+        raise CLIError(ExitCode.USAGE, f"{flag} {path}: not writable")
+
+
 def write_output(path: str | None, data: bytes) -> None:
     """Write *data* to *path*, or to stdout when *path* is None or "-".
 

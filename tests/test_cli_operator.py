@@ -173,3 +173,28 @@ def test_pending_then_the_same_command_gets_the_certificate(tmp_path: Path) -> N
         assert keygen.returncode == 1 and "--force" in keygen.stderr
         assert key.read_bytes() == key_bytes
         assert server.stop() == 0
+
+
+def test_a_second_serve_workers_on_a_held_port_is_refused(tmp_path: Path) -> None:
+    # SO_REUSEPORT would let it join the first one's port: clients would get
+    # either CA at random (item 1).
+    from test_cli import free_port, run, serving
+
+    port = free_port()
+    first_dir, second_dir = tmp_path / "one", tmp_path / "two"
+    with serving(first_dir, "--workers", "2", port=port) as server:
+        second = run("serve", "--data-dir", str(second_dir), "--host", "127.0.0.1",
+                     "--port", str(port), "--workers", "2")
+        assert second.returncode == 6, second.stderr  # network: the port is taken
+        assert f"port {port} is already served" in second.stderr
+        single = run("serve", "--data-dir", str(second_dir), "--host", "127.0.0.1", "--port", str(port))
+        assert single.returncode == 6, single.stderr
+        fetched = tmp_path / "ca.pem"
+        got = run("cacerts", server.url, "--cacert", str(first_dir / "ca.pem"), "--out", str(fetched))
+        assert got.returncode == 0, got.stderr
+        assert x509.load_pem_x509_certificates(fetched.read_bytes())[0] == \
+            x509.load_pem_x509_certificates((first_dir / "ca.pem").read_bytes())[0]
+        assert server.stop() == 0
+    # Released when the first one stops.
+    with serving(second_dir, "--workers", "2", port=port) as again:
+        assert again.port == port

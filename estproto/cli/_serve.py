@@ -28,9 +28,11 @@ workers, waits until each has printed its listening line, prints its own
 once, restarts a worker that dies, and forwards SIGTERM/SIGINT for a
 graceful stop.
 
-A property of SO_REUSEPORT to know: a second ``serve --workers`` started by
-the same user on the same port joins the first one's port instead of failing
-with "address in use" (a single-process ``serve`` does fail).
+SO_REUSEPORT would let a second ``serve --workers`` by the same user join
+the first one's port (clients would get either CA at random), so the parent
+holds an exclusive lock per port (:func:`_lock_port`) for as long as it runs,
+and a second one is refused; a single-process ``serve`` binds without
+SO_REUSEPORT and gets "address in use" from the kernel either way.
 
 Each worker hands its SO_REUSEPORT sockets to the adapter's public ``serve``
 (``sockets=``).
@@ -333,6 +335,29 @@ class _Worker:
         return line.startswith(b"listening on ")
 
 
+def _lock_port(port: int) -> int:
+    """Hold the per-port lock of ``serve --workers``; returns its fd.
+
+    Raises:
+        CLIError: NETWORK when another ``serve --workers`` holds the port.
+    """
+    import fcntl
+    import tempfile
+
+    path = Path(tempfile.gettempdir()) / f"estproto-serve-port-{port}.lock"
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        holder = os.pread(fd, 32, 0).decode(errors="replace").strip() or "?"
+        os.close(fd)
+        raise CLIError(ExitCode.NETWORK, f"port {port} is already served by another "
+                                         f"'estproto serve --workers' (pid {holder})") from None
+    os.ftruncate(fd, 0)
+    os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+    return fd
+
+
 def _supervise(args: argparse.Namespace) -> int:
     # Initialise once, before any worker: they then only load it.
     init_ca(args.data_dir, serve_hostnames(args)).close()
@@ -341,6 +366,12 @@ def _supervise(args: argparse.Namespace) -> int:
     except OSError as exc:
         raise CLIError(ExitCode.NETWORK, f"cannot bind {args.host}:{args.port}: {exc.strerror or exc}") from None
     port = reserved[0].getsockname()[1]
+    try:
+        lock = _lock_port(port)
+    except CLIError:
+        for sock in reserved:
+            sock.close()
+        raise
     command = _worker_command(args, port)
     stopping = False
     workers: list[_Worker] = []
@@ -396,6 +427,7 @@ def _supervise(args: argparse.Namespace) -> int:
     finally:
         for sock in reserved:
             sock.close()
+        os.close(lock)  # releases the port lock
 
 
 def _reap(workers: list[_Worker]) -> int:

@@ -198,3 +198,45 @@ def test_a_second_serve_workers_on_a_held_port_is_refused(tmp_path: Path) -> Non
     # Released when the first one stops.
     with serving(second_dir, "--workers", "2", port=port) as again:
         assert again.port == port
+
+
+# ---------------------------------------------------------------------------
+# Failed commands change nothing; a new CA is never made silently (item 5).
+
+
+def test_serve_on_an_address_it_cannot_bind_changes_nothing(data_dir: Path, tmp_path: Path) -> None:
+    config = (data_dir / "config.json").read_bytes()
+    server_cert = (data_dir / "server.pem").read_bytes()
+    # 192.0.2.1 (TEST-NET-1) is on no interface here.
+    result = cli("serve", "--data-dir", str(data_dir), "--host", "192.0.2.1", "--port", "0")
+    assert result.returncode == 6, result.stderr
+    assert "cannot listen on 192.0.2.1" in result.stderr
+    assert (data_dir / "config.json").read_bytes() == config
+    assert (data_dir / "server.pem").read_bytes() == server_cert
+    fresh = tmp_path / "typo"
+    for workers in ("1", "2"):
+        result = cli("serve", "--data-dir", str(fresh), "--host", "192.0.2.1", "--port", "0",
+                     "--workers", workers)
+        assert result.returncode == 6, result.stderr
+        assert not (fresh / "config.json").exists()
+
+
+def test_ca_init_does_not_claim_a_key_type_it_did_not_apply(data_dir: Path) -> None:
+    result = cli("ca", "init", "--data-dir", str(data_dir), "--key-type", "rsa")
+    assert result.returncode == 2
+    assert "--key-type (it has p256) applies to a new CA only" in result.stderr
+    again = cli("ca", "init", "--data-dir", str(data_dir), "--key-type", "p256")
+    assert again.returncode == 0 and "CA ready" in again.stdout and "(existing)" in again.stdout
+
+
+def test_serve_says_when_it_creates_a_new_ca(tmp_path: Path) -> None:
+    from test_cli import serving
+
+    log = tmp_path / "serve.log"
+    with serving(tmp_path / "new-dir", log=log) as server:
+        assert server.stop() == 0
+    assert "no CA in" in log.read_text() and "created a new one" in log.read_text()
+    log2 = tmp_path / "serve2.log"
+    with serving(tmp_path / "new-dir", log=log2) as server:
+        assert server.stop() == 0
+    assert "created a new one" not in log2.read_text()

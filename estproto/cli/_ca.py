@@ -31,7 +31,9 @@ from __future__ import annotations
 
 import argparse
 import getpass
+import json
 import sys
+from pathlib import Path
 from typing import Any, Callable
 
 from cryptography import x509
@@ -41,6 +43,7 @@ from cryptography.x509.oid import ExtendedKeyUsageOID
 from .._errors import DecodeError, LocalProtocolError
 from ..auth import ID_KP_CMC_RA
 from ..ca import (
+    CA_FILES,
     CAError,
     CASettings,
     EmbeddedCA,
@@ -137,10 +140,32 @@ def _with_ca(
 # -- actions -----------------------------------------------------------------
 
 
-def _cmd_init(args: argparse.Namespace) -> int:
-    ca = init_ca(args.data_dir, args.hostname or ["127.0.0.1", "localhost"], args.key_type, args.intermediate)
+def _existing_config(data_dir: str) -> dict[str, Any] | None:
+    """The config of the CA already in *data_dir*, or None."""
+    path = Path(data_dir) / CA_FILES["config"]
     try:
-        print(f"CA ready in {args.data_dir}")
+        value = json.loads(path.read_text())
+    except FileNotFoundError:
+        return None
+    except (OSError, ValueError) as exc:
+        raise CLIError(ExitCode.REFUSED, f"{path}: unreadable ({exc})") from None
+    return value if isinstance(value, dict) else None
+
+
+def _cmd_init(args: argparse.Namespace) -> int:
+    existing = _existing_config(args.data_dir)
+    if existing is not None:
+        # init is idempotent, but must not claim settings it did not apply.
+        wanted = {"key_type": args.key_type, "intermediate": True if args.intermediate else None}
+        differs = [f"--{k.replace('_', '-')} (it has {existing.get(k)})" for k, v in wanted.items()
+                   if v is not None and existing.get(k) != v]
+        if differs:
+            raise CLIError(ExitCode.REFUSED, f"a CA already exists in {args.data_dir}: "
+                                             f"{', '.join(differs)} applies to a new CA only")
+    ca = init_ca(args.data_dir, args.hostname or ["127.0.0.1", "localhost"], args.key_type or "p256",
+                 args.intermediate)
+    try:
+        print(f"CA ready in {args.data_dir}" + (" (existing)" if existing is not None else " (new)"))
         print(f"  root:        {ca.root_certificate.subject.rfc4514_string()}")
         if ca.issuer_certificate != ca.root_certificate:
             print(f"  issuing CA:  {ca.issuer_certificate.subject.rfc4514_string()}")
@@ -326,8 +351,8 @@ def add_parser(commands: Any, formatter: type[argparse.HelpFormatter]) -> None:
     p.add_argument("--hostname", action="append", metavar="NAME",
                    help="name or IP address of the EST endpoint for its TLS certificate "
                         "(repeatable; default 127.0.0.1 and localhost)")
-    p.add_argument("--key-type", choices=CA_KEY_TYPES, default="p256",
-                   help="CA key type (default p256)")
+    p.add_argument("--key-type", choices=CA_KEY_TYPES, default=None,
+                   help="CA key type (default p256; a new CA only)")
     p.add_argument("--intermediate", action="store_true",
                    help="issue from an intermediate CA under the root")
     p.set_defaults(func=_cmd_init)

@@ -146,8 +146,8 @@ def build_config(ca: EmbeddedCA, tls_min: str = "1.2", tls_max: str = "1.3") -> 
     )
 
 
-def _bind(host: str, port: int, *, listen: bool) -> list[socket.socket]:
-    """Sockets on *host*:*port* with SO_REUSEPORT (one per address)."""
+def _bind(host: str, port: int, *, listen: bool, reuse_port: bool = True) -> list[socket.socket]:
+    """Sockets on *host*:*port*, with SO_REUSEPORT unless told (one per address)."""
     infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
     sockets: list[socket.socket] = []
     seen: set[Any] = set()
@@ -159,7 +159,8 @@ def _bind(host: str, port: int, *, listen: bool) -> list[socket.socket]:
             sock = socket.socket(family, kind, proto)
             sockets.append(sock)
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+            if reuse_port:
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
             if family == socket.AF_INET6:
                 sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
             sock.bind(address)
@@ -247,8 +248,33 @@ def _only_exception(exc: BaseException) -> BaseException:
         exc = inner[0]
 
 
+def _probe_bind(host: str, port: int) -> None:
+    """Fail now, before the CA is touched, if *host*:*port* cannot be bound
+    (an address not on this machine, a port in use): a failed ``serve``
+    must not have added that host to the CA's certificate."""
+    try:
+        for sock in _bind(host, port, listen=False, reuse_port=False):
+            sock.close()
+    except OSError as exc:
+        raise CLIError(ExitCode.NETWORK, f"cannot listen on {host}:{port}: {exc.strerror or exc}") from None
+
+
+def _open_or_create_ca(args: argparse.Namespace, settings: CASettings | None = None) -> EmbeddedCA:
+    """The CA in ``--data-dir``; a new one is created (the scripting contract:
+    ``serve`` initialises on its first start) and said so on stderr, so a
+    mistyped directory does not go unnoticed."""
+    new = not (Path(args.data_dir) / CA_FILES["config"]).exists()
+    ca = init_ca(args.data_dir, serve_hostnames(args), settings=settings)
+    if new:
+        print(f"estproto: no CA in {args.data_dir}: created a new one "
+              f"(fingerprint {ca.fingerprint()})", file=sys.stderr, flush=True)
+    return ca
+
+
 def _serve_one(args: argparse.Namespace) -> int:
-    ca = init_ca(args.data_dir, serve_hostnames(args), settings=ca_settings(args))
+    if not args.reuse_port:
+        _probe_bind(args.host, args.port)
+    ca = _open_or_create_ca(args, ca_settings(args))
     try:
         config = build_config(ca, args.tls_min, args.tls_max)
 
@@ -359,12 +385,18 @@ def _lock_port(port: int) -> int:
 
 
 def _supervise(args: argparse.Namespace) -> int:
-    # Initialise once, before any worker: they then only load it.
-    init_ca(args.data_dir, serve_hostnames(args)).close()
     try:
         reserved = _bind(args.host, args.port, listen=False)
     except OSError as exc:
         raise CLIError(ExitCode.NETWORK, f"cannot bind {args.host}:{args.port}: {exc.strerror or exc}") from None
+    # Initialise once, before any worker (they then only load it), and only
+    # once the address is known to work.
+    try:
+        _open_or_create_ca(args).close()
+    except BaseException:
+        for sock in reserved:
+            sock.close()
+        raise
     port = reserved[0].getsockname()[1]
     try:
         lock = _lock_port(port)

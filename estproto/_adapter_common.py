@@ -40,6 +40,7 @@ from ._client_session import (
     MAX_RETRIES,
     MAX_RETRY_WAIT,
     ClientSession,
+    advance,
     Connect,
     Disconnect,
     Instruction,
@@ -353,10 +354,9 @@ class ClientBase(abc.ABC):
         reply: Any = None
         failure: BaseException | None = None
         while True:
-            try:
-                instruction = steps.send(reply) if failure is None else steps.throw(failure)
-            except StopIteration as done:
-                result: _T = done.value  # what the steps returned
+            finished, instruction = advance(steps, reply, failure)
+            if finished:
+                result: _T = instruction  # what the steps returned
                 return result
             reply, failure = None, None
             try:

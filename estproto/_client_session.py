@@ -97,6 +97,7 @@ __all__ = [
     "Steps",
     "Transport",
     "drive",
+    "advance",
     "MAX_RETRIES",
     "MAX_RETRY_WAIT",
     "CONNECT_TIMEOUT",
@@ -676,6 +677,16 @@ class Transport(Protocol):
         """The monotonic clock the deadlines are in."""
 
 
+def advance(steps: Steps[Any], reply: Any, failure: BaseException | None) -> tuple[bool, Any]:
+    """Give *steps* the outcome of their last instruction (*reply*, or
+    *failure* thrown in). Returns ``(False, next instruction)``, or
+    ``(True, result)`` once they returned: one step of any driver's loop."""
+    try:
+        return False, (steps.send(reply) if failure is None else steps.throw(failure))
+    except StopIteration as done:
+        return True, done.value
+
+
 def drive(steps: Steps[_T], transport: Transport) -> _T:
     """Carry out *steps* on a blocking *transport*; return their result.
 
@@ -686,10 +697,9 @@ def drive(steps: Steps[_T], transport: Transport) -> _T:
     reply: Any = None
     failure: BaseException | None = None
     while True:
-        try:
-            instruction = steps.send(reply) if failure is None else steps.throw(failure)
-        except StopIteration as done:
-            result: _T = done.value  # what the steps returned
+        finished, instruction = advance(steps, reply, failure)
+        if finished:
+            result: _T = instruction  # what the steps returned
             return result
         reply, failure = None, None
         try:

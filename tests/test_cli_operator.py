@@ -240,3 +240,36 @@ def test_serve_says_when_it_creates_a_new_ca(tmp_path: Path) -> None:
     with serving(tmp_path / "new-dir", log=log2) as server:
         assert server.stop() == 0
     assert "created a new one" not in log2.read_text()
+
+
+# ---------------------------------------------------------------------------
+# Users from files, listed and removed (item 9).
+
+
+def test_users_password_files_listing_and_removal(tmp_path: Path) -> None:
+    from test_cli import serving
+
+    data = tmp_path / "DIR"
+    secret = tmp_path / "pw"
+    secret.write_text("s3cret\n")
+    empty = tmp_path / "empty"
+    empty.write_text("\n")
+    assert cli("ca", "init", "--data-dir", str(data)).returncode == 0
+    added = cli("ca", "add-user", "--data-dir", str(data), "carol", "--password-file", str(secret))
+    assert added.returncode == 0, added.stderr
+    bad = cli("ca", "add-user", "--data-dir", str(data), "dave", "--password-file", str(empty))
+    assert bad.returncode == 1 and "no password" in bad.stderr
+    assert cli("ca", "list-users", "--data-dir", str(data)).stdout.split() == ["carol"]
+    with serving(data) as server:
+        enroll = ["enroll", server.url, "--cacert", str(data / "ca.pem"), "--user", "carol",
+                  "--password-file", str(secret), "--subject", "CN=carol-dev"]
+        first = cli(*enroll, "--key-out", str(tmp_path / "1.key"), "--out", str(tmp_path / "1.pem"))
+        assert first.returncode == 0, first.stderr
+        removed = cli("ca", "remove-user", "--data-dir", str(data), "carol")
+        assert removed.returncode == 0, removed.stderr
+        refused = cli(*enroll, "--key-out", str(tmp_path / "2.key"), "--out", str(tmp_path / "2.pem"))
+        assert refused.returncode == 5, refused.stderr  # authentication failed
+        assert server.stop() == 0
+    assert cli("ca", "list-users", "--data-dir", str(data)).stdout == ""
+    unknown = cli("ca", "remove-user", "--data-dir", str(data), "carol")
+    assert unknown.returncode == 2 and "no user" in unknown.stderr

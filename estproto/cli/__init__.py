@@ -3,7 +3,7 @@
 Commands::
 
     estproto serve --data-dir DIR --host 127.0.0.1 --port 8443   run an EST server on the embedded CA
-    estproto ca init|add-user|list|approve|reject|revoke|fingerprint|issue --data-dir DIR ...
+    estproto ca init|add-user|list-users|remove-user|list|approve|reject|revoke|fingerprint|issue --data-dir DIR ...
     estproto cacerts|enroll|reenroll|serverkeygen|csrattrs|fullcmc URL ...   the EST client
     estproto demo                                                 the whole job in one command
 

@@ -176,8 +176,21 @@ def _cmd_init(args: argparse.Namespace) -> int:
     return 0
 
 
+def _list_users(ca: EmbeddedCA, args: argparse.Namespace) -> int:
+    for name in ca.list_users():
+        print(name)
+    return 0
+
+
+def _remove_user(ca: EmbeddedCA, args: argparse.Namespace) -> int:
+    if not ca.remove_user(args.name, actor=_actor()):
+        raise CLIError(ExitCode.REFUSED, f"no user {args.name!r}")
+    print(f"user {args.name} removed")
+    return 0
+
+
 def _add_user(ca: EmbeddedCA, args: argparse.Namespace) -> int:
-    password = read_password(args.name, confirm=True)
+    password = read_password(args.name, confirm=args.password_file is None, file=args.password_file)
     try:
         ca.add_user(args.name, password, actor=_actor())
     except ValueError as exc:
@@ -360,7 +373,16 @@ def add_parser(commands: Any, formatter: type[argparse.HelpFormatter]) -> None:
     p = command("add-user", "create or replace an HTTP user (password from $ESTPROTO_PASSWORD or a prompt)",
                 "ESTPROTO_PASSWORD=secret estproto ca add-user --data-dir ./est-ca alice")
     p.add_argument("name", metavar="NAME", help="the user name")
+    p.add_argument("--password-file", metavar="FILE", help="read the password from the first line of FILE")
     p.set_defaults(func=_with_ca(_add_user))
+
+    p = command("list-users", "list the HTTP users", "estproto ca list-users --data-dir ./est-ca")
+    p.set_defaults(func=_with_ca(_list_users))
+
+    p = command("remove-user", "delete an HTTP user (its certificates stay valid)",
+                "estproto ca remove-user --data-dir ./est-ca alice")
+    p.add_argument("name", metavar="NAME", help="the user name")
+    p.set_defaults(func=_with_ca(_remove_user))
 
     p = command("list", "list issued certificates, or pending requests with --pending",
                 "estproto ca list --data-dir ./est-ca --pending")

@@ -219,7 +219,8 @@ class _Session:
         self.credentials: Credentials | None = None
         user = getattr(args, "user", None)
         if user:
-            self.credentials = Credentials(user, read_password(user))
+            self.credentials = Credentials(
+                user, read_password(user, file=getattr(args, "password_file", None)))
 
     def _client(self, tls: ClientTLSContext, *, credentials: Credentials | None = None) -> Any:
         from ..trio import ESTClient
@@ -618,7 +619,10 @@ def _common(p: argparse.ArgumentParser, *, credentials: bool, output: bool = Tru
     if credentials:
         who = p.add_argument_group("authenticating")
         who.add_argument("--user", metavar="NAME",
-                         help="HTTP user; the password comes from $ESTPROTO_PASSWORD or a prompt")
+                         help="HTTP user; the password comes from --password-file, "
+                              "$ESTPROTO_PASSWORD or a prompt")
+        who.add_argument("--password-file", metavar="FILE",
+                         help="read --user's password from the first line of FILE")
         who.add_argument("--cert", metavar="FILE", help="TLS client certificate (PEM, may hold a chain)")
         who.add_argument("--key", metavar="FILE",
                          help="private key of --cert; without --key-type also the key the CSR is for")

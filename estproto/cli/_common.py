@@ -162,17 +162,29 @@ def parse_subject(text: str) -> x509.Name:
     return name
 
 
-def read_password(user: str, *, confirm: bool = False) -> str:
-    """The password for *user*: ``$ESTPROTO_PASSWORD``, else a prompt.
+def read_password(user: str, *, confirm: bool = False, file: str | None = None) -> str:
+    """The password for *user*: the first line of *file* (``--password-file``),
+    else ``$ESTPROTO_PASSWORD``, else a prompt. Never from argv.
 
     Args:
         user: named in the prompt.
         confirm: ask twice (when creating a password).
+        file: a file holding the password on its first line.
 
     Raises:
-        CLIError: USAGE when there is no variable and no terminal to ask,
-            or the two entries differ.
+        CLIError: USAGE when the file is unreadable or empty, when there is
+            no variable and no terminal to ask, or the two entries differ.
     """
+    if file is not None:
+        try:
+            with open(file, encoding="utf-8") as f:
+                line = f.readline(4097).rstrip("\r\n")
+        except (OSError, UnicodeDecodeError) as exc:
+            raise CLIError(ExitCode.USAGE, f"--password-file {file}: unreadable "
+                                           f"({getattr(exc, 'strerror', None) or exc})") from None
+        if not line or len(line) > 4096:
+            raise CLIError(ExitCode.USAGE, f"--password-file {file}: no password on its first line")
+        return line
     from_env = os.environ.get(PASSWORD_ENV)
     if from_env is not None:
         return from_env

@@ -456,9 +456,12 @@ class ESTServerProtocol:
         cert = facts.client_certificate
         if cert is None or not facts.client_certificate_verified:
             if self.settings.reenroll_requires_certificate and not is_ra:
+                # Say which: none sent, or sent and refused (expired, untrusted ...).
+                why = ("no TLS client certificate was sent" if cert is None else
+                       "the TLS client certificate did not verify: "
+                       + ("; ".join(facts.client_certificate_errors) or "unknown reason"))
                 raise RemoteProtocolError(
-                    "simplereenroll needs the certificate being renewed as a verified "
-                    "TLS client certificate (RFC 7030 4.2.2)",
+                    f"simplereenroll needs the certificate being renewed (RFC 7030 4.2.2): {why}",
                     403,
                 )
             return False

@@ -273,3 +273,53 @@ def test_users_password_files_listing_and_removal(tmp_path: Path) -> None:
     assert cli("ca", "list-users", "--data-dir", str(data)).stdout == ""
     unknown = cli("ca", "remove-user", "--data-dir", str(data), "carol")
     assert unknown.returncode == 2 and "no user" in unknown.stderr
+
+
+# ---------------------------------------------------------------------------
+# Refusals name their cause; the server log says who got what (item 7).
+
+
+def test_reenroll_refusals_say_why_and_the_log_says_who(tmp_path: Path) -> None:
+    import datetime
+
+    from cryptography.hazmat.primitives import hashes, serialization
+    from test_cli import PASSWORD, run, serving
+
+    data = tmp_path / "DIR"
+    log = tmp_path / "serve.log"
+    with serving(data, log=log) as server:
+        assert run("ca", "add-user", "--data-dir", str(data), "erin", password=PASSWORD).returncode == 0
+        trust = ["--cacert", str(data / "ca.pem")]
+        key, cert = tmp_path / "d.key", tmp_path / "d.pem"
+        got = run("enroll", server.url, *trust, "--user", "erin", "--subject", "CN=erin-dev",
+                  "--key-out", str(key), "--out", str(cert), password=PASSWORD)
+        assert got.returncode == 0, got.stderr
+        serial = format(x509.load_pem_x509_certificate(cert.read_bytes()).serial_number, "x")
+
+        # Expired: signed by the CA itself, so only the dates are wrong.
+        root_key = serialization.load_pem_private_key((data / "root.key").read_bytes(), None)
+        root = x509.load_pem_x509_certificate((data / "root.pem").read_bytes())
+        device_key = serialization.load_pem_private_key(key.read_bytes(), None)
+        now = datetime.datetime.now(datetime.timezone.utc)
+        expired = (x509.CertificateBuilder().subject_name(
+            x509.Name.from_rfc4514_string("CN=erin-dev")).issuer_name(root.subject)
+            .public_key(device_key.public_key()).serial_number(x509.random_serial_number())
+            .not_valid_before(now - datetime.timedelta(days=10))
+            .not_valid_after(now - datetime.timedelta(days=1))
+            .sign(root_key, hashes.SHA256()))  # type: ignore[arg-type]
+        old = tmp_path / "expired.pem"
+        old.write_bytes(expired.public_bytes(serialization.Encoding.PEM))
+        result = run("reenroll", server.url, *trust, "--cert", str(old), "--key", str(key),
+                     "--out", str(tmp_path / "r.pem"))
+        assert result.returncode == 2, result.stderr
+        assert "did not verify" in result.stderr and "expired" in result.stderr
+
+        assert run("ca", "revoke", "--data-dir", str(data), serial).returncode == 0
+        result = run("reenroll", server.url, *trust, "--cert", str(cert), "--key", str(key),
+                     "--out", str(tmp_path / "r.pem"))
+        assert result.returncode == 2, result.stderr
+        assert "is revoked" in result.stderr
+        assert server.stop() == 0
+    text = log.read_text()
+    assert f"issued serial {serial} to user:erin (simpleenroll, subject CN=erin-dev)" in text
+    assert f"serial {serial}" in text and "is revoked" in text

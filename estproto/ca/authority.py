@@ -872,6 +872,14 @@ class EmbeddedCA(CABackend):
             return None
         return record
 
+    def _unknown_certificate_reason(self, cert: x509.Certificate) -> str:
+        """Why a verified certificate is not one of ours to accept."""
+        record = self.store.get_issued(format(cert.serial_number, "x"))
+        if record is None or not hmac.compare_digest(
+                record.der, cert.public_bytes(serialization.Encoding.DER)):
+            return "was not issued by this CA"
+        return f"is revoked ({record.revocation_reason or 'unspecified'})"
+
     def challenges(self) -> tuple[str, ...]:
         """The ``WWW-Authenticate`` values of a 401, in the configured order
         (:attr:`CASettings.auth_schemes`); empty when no password is taken."""
@@ -906,16 +914,19 @@ class EmbeddedCA(CABackend):
             record = self.known_certificate(cert)
             if record is not None:
                 return Principal(f"cert:{record.serial}", "certificate", cert)
+            why = self._unknown_certificate_reason(cert)
+            _log.info("client certificate refused for %s from %s: %s (subject %s, serial %x)",
+                      request.operation.value, facts.peer or "-", why,
+                      cert.subject.rfc4514_string(), cert.serial_number)
             if isinstance(request, SimpleReenrollRequest) and not request.is_ra:
                 # A password cannot help: the certificate itself is refused.
-                return ErrorResponse(
-                    403, "the certificate being renewed is revoked or was not issued by this CA")
+                return ErrorResponse(403, f"the certificate being renewed {why}")
         creds = request.credentials
         if isinstance(creds, auth.BasicCredentials) and self._basic_offered:
             if self._check_basic(creds):
                 return Principal(f"user:{creds.username}", "basic")
-            _log.info("Basic authentication failed for %s from %s", request.operation.value,
-                      facts.peer or "-")
+            _log.info("Basic authentication failed for user %r, %s from %s", creds.username,
+                      request.operation.value, facts.peer or "-")
         elif isinstance(creds, auth.DigestCredentials) and self._digest_offered:
             result = self._digest.verify(creds, request.operation.method,
                                          self._digest_uri(request, creds.uri), self._ha1, time.time())
@@ -923,8 +934,8 @@ class EmbeddedCA(CABackend):
                 return Principal(f"user:{creds.username}", "digest")
             if result is auth.DigestResult.STALE:
                 return self._refuse(stale=True)
-            _log.info("Digest authentication failed for %s from %s", request.operation.value,
-                      facts.peer or "-")
+            _log.info("Digest authentication failed for user %r, %s from %s", creds.username,
+                      request.operation.value, facts.peer or "-")
         return self._refuse()
 
     @staticmethod
@@ -1102,6 +1113,8 @@ class EmbeddedCA(CABackend):
             except DuplicateSerialError:
                 _log.warning("serial number collision on %s; drawing another", record.serial)
                 continue
+            _log.info("issued serial %s to %s (%s, subject %s)", record.serial, principal.name,
+                      operation.value, cert.subject.rfc4514_string())
             return cert
         raise StoreError("could not find an unused serial number")
 

@@ -44,8 +44,8 @@ send a Date header field if it does not have a clock capable of providing a
 reasonable approximation of the current instance"; the caller has the clock.
 
 Cost. h11 is most of this layer's time, so we avoid work around it: between
-requests with nothing buffered, ``next_request`` answers NEED_DATA (or, at
-EOF, ConnectionClosed) without a trip through h11 (h11 would say the same,
+requests with nothing buffered, ``next_request`` answers NEED_BYTES (or, at
+EOF, PeerClosed) without a trip through h11 (h11 would say the same,
 and nothing observable through this layer differs); response
 headers are validated once, by us, before anything is committed, and handed
 to h11 as already parsed (``_parsed=True``, so h11 does not run the same
@@ -81,9 +81,9 @@ __all__ = [
     "HTTPLimits",
     "Request",
     "Response",
-    "NeedData",
-    "NEED_DATA",
-    "ConnectionClosed",
+    "NeedBytes",
+    "NEED_BYTES",
+    "PeerClosed",
     "ClosedBeforeResponse",
     "HTTPServer",
     "HTTPClient",
@@ -337,19 +337,19 @@ def _new_request(method: str, target: str, headers: Headers, body: bytes, versio
     return obj
 
 
-class NeedData(enum.Enum):
-    """Type of :data:`NEED_DATA`: feed more bytes before asking again."""
+class NeedBytes(enum.Enum):
+    """Type of :data:`NEED_BYTES`: feed more bytes before asking again."""
 
-    NEED_DATA = "NEED_DATA"
+    NEED_BYTES = "NEED_BYTES"
 
 
 #: Returned by ``next_request``/``next_response`` when no complete message is
 #: buffered: call ``receive_data`` with more bytes (or ``b""`` at EOF).
-NEED_DATA: Final = NeedData.NEED_DATA
+NEED_BYTES: Final = NeedBytes.NEED_BYTES
 
 
 @dataclass(frozen=True)
-class ConnectionClosed:
+class PeerClosed:
     """No more requests will arrive on this connection.
 
     The peer closed it cleanly between messages, or our last response closed
@@ -357,7 +357,7 @@ class ConnectionClosed:
     """
 
 
-_CLOSED: Final = ConnectionClosed()
+_CLOSED: Final = PeerClosed()
 
 
 def _lowered_items(headers: Any) -> list[tuple[bytes, bytes]]:
@@ -459,7 +459,7 @@ class _Reader(abc.ABC):
                 error_status_hint=413,
             )
 
-    def _read_message(self) -> tuple[_HeadEvent, bytes] | NeedData | ConnectionClosed:
+    def _read_message(self) -> tuple[_HeadEvent, bytes] | NeedBytes | PeerClosed:
         """Advance h11 to the next complete message, enforcing the limits.
 
         Raises:
@@ -519,7 +519,7 @@ class _Reader(abc.ABC):
                     self._head = event  # type: ignore[assignment]
                     self._on_head(event)  # type: ignore[arg-type]
                 elif event is h11.NEED_DATA:
-                    return NEED_DATA
+                    return NEED_BYTES
                 elif kind is h11.ConnectionClosed:
                     return _CLOSED
                 else:  # pragma: no cover - PAUSED: our callers never let h11 pause
@@ -542,8 +542,8 @@ class HTTPServer(_Reader):
     """The server side of one HTTP/1.1 connection.
 
     Use: ``receive_data(bytes)``; ``next_request()`` until it returns a
-    :class:`Request`, :data:`NEED_DATA` (read more; write :meth:`data_to_send`
-    first) or :class:`ConnectionClosed` (close); answer each request with
+    :class:`Request`, :data:`NEED_BYTES` (read more; write :meth:`data_to_send`
+    first) or :class:`PeerClosed` (close); answer each request with
     :meth:`send_response`, or :meth:`send_error` after a
     :class:`~estproto.RemoteProtocolError`; close the transport once
     :attr:`closed` is true and the bytes are written.
@@ -634,12 +634,12 @@ class HTTPServer(_Reader):
         if self._requests_received >= self._limits.max_requests_per_connection:
             self._keep_alive = False
 
-    def next_request(self) -> Request | NeedData | ConnectionClosed:
+    def next_request(self) -> Request | NeedBytes | PeerClosed:
         """Parse the next complete request out of the received bytes.
 
         Returns:
-            a :class:`Request` with its whole body; :data:`NEED_DATA` when more
-            bytes are needed; :class:`ConnectionClosed` when the peer closed
+            a :class:`Request` with its whole body; :data:`NEED_BYTES` when more
+            bytes are needed; :class:`PeerClosed` when the peer closed
             cleanly between requests or our last response closed the
             connection.
 
@@ -659,11 +659,11 @@ class HTTPServer(_Reader):
         conn = self._conn
         if self._error is None and conn.their_state is h11.IDLE and not _unparsed_size(conn):
             # Between requests with nothing buffered, h11's answer is known
-            # without a trip through it: NEED_DATA (no state change), or at
-            # EOF ConnectionClosed, after which it reads nothing more (what
+            # without a trip through it: NEED_BYTES (no state change), or at
+            # EOF PeerClosed, after which it reads nothing more (what
             # _done means here).
             if not self._eof:
-                return NEED_DATA
+                return NEED_BYTES
             self._done = True
             self._keep_alive = False
             return _CLOSED
@@ -691,7 +691,7 @@ class HTTPServer(_Reader):
         ``Expect: 100-continue`` and the head passed our limits (RFC 7231
         section 5.1.1: "A server that receives a 100-continue expectation ...
         MAY ... send a 100 (Continue) response"). Call it after
-        :meth:`next_request` returns :data:`NEED_DATA`.
+        :meth:`next_request` returns :data:`NEED_BYTES`.
 
         Returns:
             the bytes, or ``b""``.
@@ -980,11 +980,11 @@ class HTTPClient(_Reader):
         if self._method != "HEAD" and event.status_code not in (204, 304):
             self._check_content_length(event)
 
-    def next_response(self) -> Response | NeedData:
+    def next_response(self) -> Response | NeedBytes:
         """Parse the response to the outstanding request.
 
         Returns:
-            a :class:`Response` with its whole body, or :data:`NEED_DATA`.
+            a :class:`Response` with its whole body, or :data:`NEED_BYTES`.
 
         Raises:
             RemoteProtocolError: the server broke HTTP or a limit, or closed
@@ -1005,9 +1005,9 @@ class HTTPClient(_Reader):
                     ClosedBeforeResponse("server closed the connection without responding")
                 ) from None
             raise
-        if result is NEED_DATA:
-            return NEED_DATA
-        if isinstance(result, ConnectionClosed):
+        if result is NEED_BYTES:
+            return NEED_BYTES
+        if isinstance(result, PeerClosed):
             raise self._fail(ClosedBeforeResponse("server closed the connection without responding"))
         head, body = result
         assert isinstance(head, h11.Response)

@@ -64,7 +64,7 @@ from ._events import (
     RawRequest,
     Sentinel,
 )
-from ._http import NEED_DATA as HTTP_NEED_DATA
+from ._http import NEED_BYTES
 from ._http import ClosedBeforeResponse, HTTPClient, Response
 from ._paths import Operation
 from ._state import CLIENT_TRANSITIONS, ConnectionState, ConnectionStateMachine, Input
@@ -379,7 +379,7 @@ class ClientConnection:
             self._current = None
             self._close()
             raise
-        if response is HTTP_NEED_DATA:
+        if response is NEED_BYTES:
             self._challenge = challenge
             return NEED_DATA
         assert isinstance(response, Response)

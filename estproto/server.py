@@ -48,7 +48,7 @@ from ._events import (
     ServerRequest,
     ServerResponse,
 )
-from ._http import NEED_DATA as HTTP_NEED_DATA
+from ._http import NEED_BYTES
 from ._http import HTTPServer, Request, Response
 from ._config import ServerConfig
 from ._state import SERVER_TRANSITIONS, ConnectionState, ConnectionStateMachine, Input
@@ -205,7 +205,7 @@ class ServerConnection:
             result = self._http.next_request()
         except RemoteProtocolError as exc:
             return self._fail_request(exc.error_status_hint, str(exc))
-        if result is HTTP_NEED_DATA:
+        if result is NEED_BYTES:
             interim = self._http.data_to_send()  # 100 Continue, if asked for
             if interim:
                 self._write(interim)

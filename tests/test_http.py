@@ -23,8 +23,8 @@ from hypothesis import given, strategies as st
 from estproto import LocalProtocolError, RemoteProtocolError
 from estproto._http import (
     MAX_HEAD_SIZE,
-    NEED_DATA,
-    ConnectionClosed,
+    NEED_BYTES,
+    PeerClosed,
     HTTPClient,
     HTTPLimits,
     HTTPServer,
@@ -34,7 +34,7 @@ from estproto._http import (
 
 SMALL = HTTPLimits(max_head_size=256, max_body_size=64, max_headers=8)
 
-Outcome = Union[Request, ConnectionClosed, RemoteProtocolError, str]
+Outcome = Union[Request, PeerClosed, RemoteProtocolError, str]
 
 
 def ok_response(request: Request) -> Response:
@@ -65,11 +65,11 @@ def drive(
                 run.events.append(exc)
                 run.output = b"".join(out)
                 return run
-            if event is NEED_DATA:
+            if event is NEED_BYTES:
                 out.append(server.data_to_send())
                 break
             run.events.append(event)
-            if isinstance(event, ConnectionClosed):
+            if isinstance(event, PeerClosed):
                 run.output = b"".join(out)
                 return run
             out.append(server.send_response(respond(event)))
@@ -89,7 +89,7 @@ def summary(events: list[Outcome]) -> list[Any]:
     for e in events:
         if isinstance(e, Request):
             out.append((e.method, e.target, e.body, e.http_version))
-        elif isinstance(e, ConnectionClosed):
+        elif isinstance(e, PeerClosed):
             out.append("closed")
         elif isinstance(e, RemoteProtocolError):
             out.append(("error", e.error_status_hint))
@@ -226,10 +226,10 @@ def test_simple_cases(
         error = server.send_error(hint, str(run.events[-1]))
         parsed = parse_with_http_client(error)
         assert parsed.status == hint and parsed.will_close
-        assert server.next_request() == ConnectionClosed()
-    if run.events and run.events[-1] == ConnectionClosed():
+        assert server.next_request() == PeerClosed()
+    if run.events and run.events[-1] == PeerClosed():
         assert server.closed and not server.keep_alive
-        assert server.next_request() == ConnectionClosed()
+        assert server.next_request() == PeerClosed()
 
 
 def test_connection_close_and_limit_responses_say_close() -> None:
@@ -294,7 +294,7 @@ def test_garbage_gives_only_events_or_remote_errors(data: bytes, eof: bool) -> N
     for chunks in ([data] + ([b""] if eof else []), bytewise([data] + ([b""] if eof else []))):
         run = drive(HTTPServer(SMALL), chunks)
         for event in run.events:
-            assert isinstance(event, (Request, ConnectionClosed, RemoteProtocolError, str))
+            assert isinstance(event, (Request, PeerClosed, RemoteProtocolError, str))
 
 
 @given(
@@ -319,7 +319,7 @@ def test_request_in_progress_and_awaiting_response() -> None:
     server = HTTPServer()
     assert not server.request_in_progress and not server.awaiting_response
     server.receive_data(POST[:10])
-    assert server.next_request() is NEED_DATA
+    assert server.next_request() is NEED_BYTES
     assert server.request_in_progress
     server.receive_data(POST[10:])
     request = server.next_request()
@@ -353,7 +353,7 @@ def test_server_misuse_raises_local_protocol_error() -> None:
     with pytest.raises(LocalProtocolError):
         server.send_response(Response(200))
     server.receive_data(b"")
-    assert server.next_request() == ConnectionClosed()
+    assert server.next_request() == PeerClosed()
     with pytest.raises(LocalProtocolError):
         server.receive_data(b"more")
     with pytest.raises(LocalProtocolError):
@@ -373,13 +373,13 @@ def test_send_error_once_then_closed() -> None:
     assert server.closed and not server.keep_alive
     with pytest.raises(LocalProtocolError):
         server.send_error(500, "again")
-    assert server.next_request() == ConnectionClosed()
+    assert server.next_request() == PeerClosed()
 
 
 def test_send_error_on_idle_connection_for_a_deadline() -> None:
     server = HTTPServer()
     server.receive_data(b"GET / HT")
-    assert server.next_request() is NEED_DATA
+    assert server.next_request() is NEED_BYTES
     out = server.send_error(408, "request timeout")
     assert parse_with_http_client(out).status == 408
 
@@ -601,7 +601,7 @@ def test_raw_h11_client_expect_100_continue() -> None:
     server.receive_data(client.send(h11.Request(
         method="POST", target="/e",
         headers=[("Host", "e"), ("Content-Length", "3"), ("Expect", "100-continue")])))
-    assert server.next_request() is NEED_DATA
+    assert server.next_request() is NEED_BYTES
     client.receive_data(server.data_to_send())
     assert server.data_to_send() == b""  # once
     informational = client.next_event()
@@ -622,7 +622,7 @@ def test_raw_h11_client_pipelined_answers_in_order() -> None:
     out = b""
     while True:
         request = server.next_request()
-        if request is NEED_DATA:
+        if request is NEED_BYTES:
             break
         assert isinstance(request, Request)
         out += server.send_response(ok_response(request))
@@ -806,7 +806,7 @@ def test_client_garbage_gives_only_responses_or_remote_errors(data: bytes, eof: 
             for chunk in chunks:
                 client.receive_data(chunk)
                 result = client.next_response()
-                assert result is NEED_DATA or isinstance(result, Response)
+                assert result is NEED_BYTES or isinstance(result, Response)
                 if isinstance(result, Response):
                     break
         except RemoteProtocolError:
@@ -826,5 +826,5 @@ def test_head_accounting_matches_h11_public_view() -> None:
         assert isinstance(request, Request)
         assert _unparsed_size(server._conn) == len(server._conn.trailing_data[0])
         server.send_response(ok_response(request))
-    assert server.next_request() is NEED_DATA and server.request_in_progress
+    assert server.next_request() is NEED_BYTES and server.request_in_progress
     assert _unparsed_size(server._conn) == len(server._conn.trailing_data[0]) == 15

@@ -64,6 +64,7 @@ from ._events import (
 )
 from ._limits import MAX_BODY_SIZE
 from ._paths import ESTPath, Operation, format_est_path, parse_est_path
+from ._state import EST_LAYER_TRANSITIONS, ConnectionState, ConnectionStateMachine, Input
 from .codecs import cmc, csrattrs, mediatype, multipart, pkcs7, pkcs10, serverkey, transfer
 from .codecs.mediatype import MediaType
 
@@ -206,13 +207,6 @@ _BASE64_HEADERS: Mapping[MediaType, tuple[tuple[str, str], ...]] = {
 }
 
 
-class _State(enum.Enum):
-    #: Waiting for the next request.
-    IDLE = "idle"
-    #: A request event was emitted; the application owes its response.
-    AWAITING_RESPONSE = "awaiting-response"
-
-
 def text_reply(status: int, reason: str, extra: tuple[tuple[str, str], ...] = ()) -> Reply:
     """A 4xx/5xx with a short text/plain reason (RFC 8951 section 5)."""
     body = reason.encode("utf-8", "replace") + b"\n"
@@ -238,7 +232,7 @@ class ESTServerProtocol:
     ) -> None:
         self.settings = settings or ESTServerSettings()
         self._cmc_error = cmc_error_reply or _unsigned_cmc_failure
-        self._state = _State.IDLE
+        self._sm = ConnectionStateMachine(EST_LAYER_TRANSITIONS, ConnectionState.IDLE)
         self._current: ServerRequest | None = None
         self._wrap_response = False
 
@@ -268,7 +262,7 @@ class ESTServerProtocol:
         Raises:
             LocalProtocolError: the previous request has not been answered.
         """
-        if self._state is not _State.IDLE:
+        if self._sm.state is not ConnectionState.IDLE:
             raise LocalProtocolError("the previous EST request has not been answered")
         # The three fields EST reads, in one pass (the first of each counts).
         user_agent = authorization = content_type = None
@@ -304,7 +298,7 @@ class ESTServerProtocol:
                 if challenges:  # none to give: the refusal stands
                     return self._challenge(method, target, challenges)
             return self._reject(method, target, operation, exc)
-        self._state = _State.AWAITING_RESPONSE
+        self._sm.process(Input.REQUEST_RECEIVED)
         self._current = event
         return event
 
@@ -507,7 +501,7 @@ class ESTServerProtocol:
             LocalProtocolError: as for :meth:`respond`; nothing changes.
         """
         request = self._current
-        if self._state is not _State.AWAITING_RESPONSE or request is None:
+        if self._sm.state is not ConnectionState.AWAITING_RESPONSE or request is None:
             raise LocalProtocolError("no EST request is waiting for a response")
         allowed = _ALLOWED_RESPONSES[request.operation]
         if not isinstance(response, allowed):
@@ -522,9 +516,9 @@ class ESTServerProtocol:
         Raises:
             LocalProtocolError: no request is waiting.
         """
-        if self._state is not _State.AWAITING_RESPONSE:
+        if self._sm.state is not ConnectionState.AWAITING_RESPONSE:
             raise LocalProtocolError("no EST request is waiting for a response")
-        self._state = _State.IDLE
+        self._sm.process(Input.RESPONSE_DONE)
         self._current = None
 
     def _policy(self) -> transfer.LinePolicy:

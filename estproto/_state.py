@@ -20,6 +20,7 @@ __all__ = [
     "Input",
     "SERVER_TRANSITIONS",
     "CLIENT_TRANSITIONS",
+    "EST_LAYER_TRANSITIONS",
     "ConnectionStateMachine",
 ]
 
@@ -113,6 +114,16 @@ CLIENT_TRANSITIONS: Mapping[tuple[ConnectionState, Input], ConnectionState] = {
     (_S.CLOSING, _I.FINISHED): _S.CLOSED,
     (_S.CLOSED, _I.CLOSE): _S.CLOSED,
     (_S.CLOSED, _I.FINISHED): _S.CLOSED,
+}
+
+
+#: The bare EST layer's table (:class:`~estproto.ESTServerProtocol`, used
+#: alone by hosts that terminate HTTP themselves, and inside
+#: :class:`~estproto.ServerConnection`): the server's request cycle without
+#: the transport states.
+EST_LAYER_TRANSITIONS: Mapping[tuple[ConnectionState, Input], ConnectionState] = {
+    (_S.IDLE, _I.REQUEST_RECEIVED): _S.AWAITING_RESPONSE,
+    (_S.AWAITING_RESPONSE, _I.RESPONSE_DONE): _S.IDLE,
 }
 
 

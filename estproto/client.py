@@ -350,45 +350,57 @@ class ClientConnection:
                 once; the connection is closed afterwards).
         """
         if self._error is not None:
+            # A fault found while sending (e.g. in a TLS read): reported here,
+            # once, like every other fault of the server.
             error, self._error = self._error, None
             self._current = None
             raise error
         if self._terminated is not None:
             event, self._terminated = self._terminated, None
             return event
-        if self.closed:
-            return _CLOSED
-        request = self._current
-        if request is None:
-            if self._http.closed:
-                self._close()
+        while True:
+            if self.closed:
                 return _CLOSED
-            return NEED_DATA
+            request = self._current
+            if request is None:
+                if self._http.closed:
+                    self._close()
+                    return _CLOSED
+                return NEED_DATA
+            try:
+                result = self._next_result(request)
+            except RemoteProtocolError:
+                # The one place a server's fault becomes our exception: the
+                # request is over and so is the connection.
+                self._current = None
+                self._close()
+                raise
+            if result is not None:
+                return result
+
+    def _next_result(self, request: ClientRequest) -> ClientEvent | Sentinel | None:
+        """The result for *request*, NEED_DATA, or None when a 401 was just
+        answered on this connection (read on: the answer's result follows).
+
+        Raises:
+            RemoteProtocolError: the server broke HTTP or EST.
+        """
         challenge, self._challenge = self._challenge, None
         try:
             response = self._http.next_response()
         except ClosedBeforeResponse:
-            self._current = None
-            self._close()
             if challenge is None:
                 raise
             # The server closed after its 401 without saying so: our answer
             # never reached it. Hand it back for a new connection.
-            return challenge
-        except RemoteProtocolError:
             self._current = None
             self._close()
-            raise
+            return challenge
         if response is NEED_BYTES:
             self._challenge = challenge
             return NEED_DATA
         assert isinstance(response, Response)
-        try:
-            result = self._est.parse_response(request, response.status, response.headers, response.body)
-        except RemoteProtocolError:
-            self._current = None
-            self._close()
-            raise
+        result = self._est.parse_response(request, response.status, response.headers, response.body)
         self._current = None
         self._deadline = None
         if isinstance(result, AuthenticationChallenged):
@@ -398,7 +410,7 @@ class ClientConnection:
                 self._answered_challenge = True
                 self._write_request(retry)
                 self._challenge = result
-                return self.next_event()
+                return None
         self._sm.process(Input.RESPONSE_DONE)
         if not self._http.keep_alive:
             self._close()

@@ -190,7 +190,7 @@ def make_handler_caller(
     async def call(event: ServerRequest) -> ServerResponse:
         try:
             if is_async:
-                result: Any = await handler(event)  # type: ignore[misc]
+                result: Any = await handler(event)  # type: ignore[misc]  # is_async checked it is a coroutine function
             else:
                 result = await run_sync(handler, event)
             if inspect.isawaitable(result):

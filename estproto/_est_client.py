@@ -26,9 +26,11 @@ import email.utils
 from typing import Sequence
 
 from cryptography import x509
+from cryptography.hazmat.primitives.asymmetric import ec, rsa
+from cryptography.hazmat.primitives.asymmetric.types import PrivateKeyTypes
 
 from . import auth
-from ._errors import DecodeError, RemoteProtocolError
+from ._errors import DecodeError, LocalProtocolError, RemoteProtocolError
 from ._events import (
     AuthenticationChallenged,
     CACertsReceived,
@@ -131,7 +133,7 @@ class ESTClientProtocol:
         target = format_est_path(operation, request.label)
         body = b""
         if operation.method == "POST":
-            der = request.request if isinstance(request, FullCMC) else request.csr  # type: ignore[attr-defined]
+            der = request.request if isinstance(request, FullCMC) else _csr_of(request)
             if request.raw_body is not None:
                 body = request.raw_body
             else:
@@ -281,7 +283,7 @@ class ESTClientProtocol:
                 parts.key_der,
                 kek=request.kek,
                 key_identifier=request.kek_id,
-                recipient_private_key=request.decryption_key,  # type: ignore[arg-type]
+                recipient_private_key=_decryption_key(request),
             )
             private_key = opened.private_key
             _check_key_matches(private_key, certificate)
@@ -299,7 +301,22 @@ def _leaf(certs: Sequence[x509.Certificate]) -> x509.Certificate:
     raise DecodeError("serverkeygen response holds no end-entity certificate")
 
 
-def _check_key_matches(key: object, certificate: x509.Certificate) -> None:
+def _csr_of(request: ClientRequest) -> bytes:
+    # Every POST but /fullcmc carries a CSR (SimpleEnroll, SimpleReenroll,
+    # ServerKeygen); the operation table guarantees it.
+    csr = getattr(request, "csr", None)
+    if not isinstance(csr, bytes):
+        raise LocalProtocolError(f"{type(request).__name__} carries no CSR")
+    return csr
+
+
+def _decryption_key(request: ServerKeygen) -> rsa.RSAPrivateKey | ec.EllipticCurvePrivateKey | None:
+    # ServerKeygen refuses any other key type when it is made.
+    key = request.decryption_key
+    return key if isinstance(key, (rsa.RSAPrivateKey, ec.EllipticCurvePrivateKey)) else None
+
+
+def _check_key_matches(key: PrivateKeyTypes, certificate: x509.Certificate) -> None:
     from cryptography.exceptions import UnsupportedAlgorithm
     from cryptography.hazmat.primitives import serialization
 
@@ -311,6 +328,6 @@ def _check_key_matches(key: object, certificate: x509.Certificate) -> None:
         cert_spki = certificate.public_key().public_bytes(serialization.Encoding.DER, fmt)
     except (ValueError, UnsupportedAlgorithm) as exc:
         raise DecodeError(f"serverkeygen: unusable certificate public key: {exc}") from None
-    ours = key.public_key().public_bytes(serialization.Encoding.DER, fmt)  # type: ignore[attr-defined]
+    ours = key.public_key().public_bytes(serialization.Encoding.DER, fmt)
     if ours != cert_spki:
         raise DecodeError("serverkeygen: the private key does not match the certificate")

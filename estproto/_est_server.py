@@ -385,7 +385,7 @@ class ESTServerProtocol:
                 for tagged in request.requests
             ]
             pop_linked = bool(linked) and all(linked)
-            return FullCMCRequest(request=request, der=der, pop_linked=pop_linked, **common)  # type: ignore[arg-type]
+            return FullCMCRequest(request=request, der=der, pop_linked=pop_linked, **common)  # type: ignore[arg-type]  # the shared ServerRequest fields; each event checks them (_fields)
 
         csr = pkcs10.decode_csr(der)
         pop_linked = self._check_pop(csr, facts, is_ra)
@@ -395,9 +395,9 @@ class ESTServerProtocol:
                 user_agent=user_agent, target=target, csr=csr, pop_linked=pop_linked,
             )
         if operation is Operation.SERVERKEYGEN:
-            return ServerKeygenRequest(csr=csr, pop_linked=pop_linked, **common)  # type: ignore[arg-type]
+            return ServerKeygenRequest(csr=csr, pop_linked=pop_linked, **common)  # type: ignore[arg-type]  # the shared ServerRequest fields; each event checks them (_fields)
         rekey = self._check_reenroll(csr, facts, is_ra)
-        return SimpleReenrollRequest(csr=csr, pop_linked=pop_linked, rekey=rekey, **common)  # type: ignore[arg-type]
+        return SimpleReenrollRequest(csr=csr, pop_linked=pop_linked, rekey=rekey, **common)  # type: ignore[arg-type]  # as above  # the shared ServerRequest fields; each event checks them (_fields)
 
     def _choose_wrap(self, user_agent: str | None, body: bytes) -> bool:
         choice = self.settings.line_policy

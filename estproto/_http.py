@@ -187,7 +187,7 @@ def _check_headers(headers: object) -> Headers:
     if isinstance(headers, (str, bytes)):
         raise LocalProtocolError("headers must be (name, value) pairs")
     try:
-        pairs = tuple((name, value) for name, value in headers)  # type: ignore[attr-defined]
+        pairs = tuple((name, value) for name, value in headers)  # type: ignore[attr-defined]  # caller input: iterating is the check
     except (TypeError, ValueError):
         raise LocalProtocolError("headers must be (name, value) pairs") from None
     token, field_value = _TOKEN_RE.fullmatch, _FIELD_VALUE_STR_RE.fullmatch
@@ -481,7 +481,7 @@ class _Reader(abc.ABC):
                     ) from None
                 kind = type(event)
                 if kind is h11.Data:
-                    data = event.data  # type: ignore[union-attr]
+                    data = event.data  # type: ignore[union-attr]  # kind is h11.Data (type() dispatch: hot path)
                     self._body_size += len(data)
                     if self._body_size > limits.max_body_size:
                         raise RemoteProtocolError(
@@ -506,7 +506,7 @@ class _Reader(abc.ABC):
                             f"{limits.max_head_size}",
                             error_status_hint=431,
                         )
-                    if len(event.headers) > limits.max_headers:  # type: ignore[union-attr]
+                    if len(event.headers) > limits.max_headers:  # type: ignore[union-attr]  # a head event, as above
                         raise RemoteProtocolError(
                             f"more than {limits.max_headers} header fields",
                             error_status_hint=431,
@@ -516,8 +516,8 @@ class _Reader(abc.ABC):
                         # on its own.
                         self._head_start = -1
                         continue
-                    self._head = event  # type: ignore[assignment]
-                    self._on_head(event)  # type: ignore[arg-type]
+                    self._head = event  # type: ignore[assignment]  # as above
+                    self._on_head(event)  # type: ignore[arg-type]  # as above
                 elif event is h11.NEED_DATA:
                     return NEED_BYTES
                 elif kind is h11.ConnectionClosed:

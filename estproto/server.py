@@ -84,7 +84,7 @@ class ServerConnection:
         self._est = ESTServerProtocol(config.est)
         initial = ConnectionState.HANDSHAKING if self._tls is not None else ConnectionState.IDLE
         self._sm = ConnectionStateMachine(SERVER_TRANSITIONS, initial)
-        self._events: deque[Event] = deque()
+        self._events: deque[ConnectionTerminated] = deque()
         self._plain_out: list[bytes] = []
         self._facts: ConnectionFacts | None = None
         self._cut_short = False
@@ -193,7 +193,7 @@ class ServerConnection:
             :data:`NEED_DATA` when more bytes are needed.
         """
         if self._events:
-            return self._events.popleft()  # type: ignore[return-value]
+            return self._events.popleft()
         state = self._sm.state
         if state is ConnectionState.CLOSING or state is ConnectionState.CLOSED:
             return _CLOSED

@@ -57,6 +57,7 @@ request.
 
 from __future__ import annotations
 
+import dataclasses
 import datetime
 import fcntl
 import hashlib
@@ -76,6 +77,7 @@ from typing import TYPE_CHECKING, Any, Literal, Mapping, Sequence, Union
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed448, ed25519, rsa
+from cryptography.hazmat.primitives.asymmetric.types import CertificatePublicKeyTypes
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from .. import auth
@@ -339,7 +341,7 @@ def _new_key(kind: str) -> PrivateKey:
     raise CAError(f"unsupported key type {kind!r} (p256, rsa, ed25519)")
 
 
-def _hash_for(key: PrivateKey) -> hashes.HashAlgorithm | None:
+def _hash_for(key: PrivateKey) -> hashes.SHA256 | hashes.SHA384 | hashes.SHA512 | None:
     if isinstance(key, (ed25519.Ed25519PrivateKey, ed448.Ed448PrivateKey)):
         return None
     if isinstance(key, ec.EllipticCurvePrivateKey) and key.curve.key_size > 384:
@@ -378,10 +380,10 @@ def _ca_cert(
     )
     if issuer is not None:
         builder = builder.add_extension(
-            x509.AuthorityKeyIdentifier.from_issuer_public_key(issuer.public_key()),  # type: ignore[arg-type]
+            x509.AuthorityKeyIdentifier.from_issuer_public_key(issuer.public_key()),  # type: ignore[arg-type]  # our own CA: EC, RSA or EdDSA
             critical=False,
         )
-    return builder.sign(signer, _hash_for(signer))  # type: ignore[arg-type]
+    return builder.sign(signer, _hash_for(signer))
 
 
 def _san_text(names: Sequence[x509.GeneralName]) -> str:
@@ -612,11 +614,11 @@ class EmbeddedCA(CABackend):
                            critical=False)
             .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), critical=False)
             .add_extension(
-                x509.AuthorityKeyIdentifier.from_issuer_public_key(issuer.public_key()),  # type: ignore[arg-type]
+                x509.AuthorityKeyIdentifier.from_issuer_public_key(issuer.public_key()),  # type: ignore[arg-type]  # our own CA: EC, RSA or EdDSA
                 critical=False,
             )
         )
-        return builder.sign(issuer_key, _hash_for(issuer_key))  # type: ignore[arg-type]
+        return builder.sign(issuer_key, _hash_for(issuer_key))
 
     @classmethod
     def _cover_hostnames(cls, d: Path, hostnames: list[str], store: Store | None) -> None:
@@ -708,7 +710,7 @@ class EmbeddedCA(CABackend):
 
         return make_handler(self)
 
-    def server_tls_context(self, **kwargs: object) -> ServerTLSContext:
+    def server_tls_context(self, **kwargs: Any) -> ServerTLSContext:
         """The TLS context of the EST endpoint.
 
         The server certificate (with the intermediate, if any) and, as
@@ -725,19 +727,19 @@ class EmbeddedCA(CABackend):
         return ServerTLSContext(
             chain, self._server_key, client_trust_anchors=self.ca_certificates,
             request_client_certificate=self.settings.accept_certificates,
-            **kwargs,  # type: ignore[arg-type]
+            **kwargs,
         )
 
-    def est_settings(self, **overrides: object) -> ESTServerSettings:
+    def est_settings(self, **overrides: Any) -> ESTServerSettings:
         """EST-layer settings matching this CA: its labels and PoP policy."""
-        values: dict[str, object] = {
-            "labels": self.settings.labels, "pop_policy": self.settings.pop_policy,
+        settings = ESTServerSettings(
+            labels=self.settings.labels, pop_policy=self.settings.pop_policy,
             # 401 before 400: an unauthenticated POST learns the challenge
             # whatever its body (curl --digest probes with an empty one).
-            "challenges_before_body": self.challenges,
-        }
-        values.update(overrides)
-        return ESTServerSettings(**values)  # type: ignore[arg-type]
+            challenges_before_body=self.challenges,
+        )
+        replaced: ESTServerSettings = dataclasses.replace(settings, **overrides)
+        return replaced
 
     def fingerprint(self) -> str:
         """SHA-256 of the root certificate, ``AB:CD:...`` as OpenSSL prints
@@ -1058,7 +1060,7 @@ class EmbeddedCA(CABackend):
         label: str,
         operation: Operation,
         *,
-        public_key: object | None = None,
+        public_key: CertificatePublicKeyTypes | None = None,
         request_der: bytes | None = None,
         pending_id: int | None = None,
     ) -> x509.Certificate:
@@ -1082,10 +1084,10 @@ class EmbeddedCA(CABackend):
             self._base_builder
             .add_extension(_end_entity_key_usage(key), critical=True)
             .subject_name(csr.subject)
-            .public_key(key)  # type: ignore[arg-type]
+            .public_key(key)
             .not_valid_before(now - _BACKDATE)
             .not_valid_after(not_after)
-            .add_extension(x509.SubjectKeyIdentifier.from_public_key(key), critical=False)  # type: ignore[arg-type]
+            .add_extension(x509.SubjectKeyIdentifier.from_public_key(key), critical=False)
             .add_extension(self._aki, critical=False)
         )
         if profile.extended_key_usages:
@@ -1103,7 +1105,7 @@ class EmbeddedCA(CABackend):
         request_der = csr.der if request_der is None else request_der
         for _ in range(_SERIAL_ATTEMPTS):
             cert = builder.serial_number(x509.random_serial_number()).sign(
-                self._issuer_key, _hash_for(self._issuer_key)  # type: ignore[arg-type]
+                self._issuer_key, _hash_for(self._issuer_key)
             )
             record = self._record_from(
                 cert, subject=csr.subject, sans=sans, not_after=not_after, requester=principal.name,

@@ -634,7 +634,7 @@ class SQLiteStore(Store):
             self._lead()
         if job.error is not None:
             raise job.error
-        return job.result  # type: ignore[return-value]
+        return job.result  # type: ignore[return-value]  # the leader stored fn's return value
 
     def _lead(self) -> None:
         """Commit one batch (the oldest waiting jobs, ours first among

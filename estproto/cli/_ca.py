@@ -103,7 +103,7 @@ def init_ca(
         if hostnames is None:
             return EmbeddedCA.open(data_dir, settings=settings)
         return EmbeddedCA.init(
-            data_dir, hostnames=hostnames, key_type=key_type,  # type: ignore[arg-type]
+            data_dir, hostnames=hostnames, key_type=key_type,  # type: ignore[arg-type]  # argparse choices; init() re-checks
             intermediate=intermediate, settings=settings,
         )
     except (CAError, StoreError, ValueError) as exc:

@@ -50,6 +50,7 @@ from cryptography import x509
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
+from cryptography.hazmat.primitives.asymmetric.types import PublicKeyTypes
 
 from .._adapter_common import (
     CONNECT_TIMEOUT,
@@ -140,8 +141,8 @@ def new_key(kind: str) -> pkcs10.PrivateKey:
     raise CLIError(ExitCode.USAGE, f"unknown key type {kind!r}")
 
 
-def _spki(key: object) -> bytes:
-    return key.public_bytes(  # type: ignore[attr-defined, no-any-return]
+def _spki(key: PublicKeyTypes) -> bytes:
+    return key.public_bytes(
         serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
     )
 

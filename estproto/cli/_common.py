@@ -25,6 +25,7 @@ from typing import Any, NoReturn, Sequence
 
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric.types import PrivateKeyTypes
 
 from ..codecs import pkcs10
 
@@ -237,17 +238,20 @@ def read_private_key(path: str | Path) -> pkcs10.PrivateKey:
             key = serialization.load_der_private_key(data, password=None)
     except (ValueError, TypeError) as exc:
         raise CLIError(ExitCode.USAGE, f"{path}: not an unencrypted private key ({exc})") from None
-    return key  # type: ignore[return-value]
+    if not pkcs10.is_signing_key(key):
+        raise CLIError(ExitCode.USAGE, f"{path}: a {type(key).__name__} cannot sign a request "
+                                       "(use an EC, RSA, Ed25519 or Ed448 key)")
+    return key
 
 
-def write_private_key(path: str | Path, key: object) -> None:
+def write_private_key(path: str | Path, key: PrivateKeyTypes) -> None:
     """Write *key* as PKCS#8 PEM with mode 0600 (created that way, never
     world-readable even for a moment).
 
     Raises:
         CLIError: USAGE when the file cannot be written.
     """
-    pem = key.private_bytes(  # type: ignore[attr-defined]
+    pem = key.private_bytes(
         serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
     )
     try:

@@ -39,6 +39,7 @@ from asn1crypto import csr as asn1_csr
 from cryptography import x509
 from cryptography.exceptions import UnsupportedAlgorithm
 from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec, ed448, ed25519, rsa
 
 from .._errors import BadSignature, DecodeError, LocalProtocolError
 from .._limits import MAX_DER_SIZE
@@ -904,9 +905,13 @@ def _seq(contents: bytes) -> bytes:
 def _cert_key(cert: x509.Certificate) -> VerifyingKey:
     """The public key of a signer certificate; cryptography parses it lazily."""
     try:
-        return cert.public_key()  # type: ignore[return-value]
+        key = cert.public_key()
     except (ValueError, UnsupportedAlgorithm) as exc:
         raise BadSignature(f"CMC signer certificate has an unusable public key: {exc}") from exc
+    if not isinstance(key, (rsa.RSAPublicKey, ec.EllipticCurvePublicKey,
+                            ed25519.Ed25519PublicKey, ed448.Ed448PublicKey)):
+        raise BadSignature(f"CMC signer certificate has an unsupported {type(key).__name__}")
+    return key
 
 
 def _verify_request(

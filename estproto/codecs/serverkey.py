@@ -74,7 +74,7 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
-from typing import Any, Literal, Union
+from typing import Any, Literal, Union, cast
 
 from asn1crypto import cms, core, keys
 from asn1crypto import x509 as asn1_x509
@@ -406,7 +406,8 @@ def decode_private_key(
         except Exception:  # noqa: BLE001 - re-diagnosed by the full path
             key = None
         if type(key) in _SEEN_KEY_CLASSES or isinstance(key, _KEY_TYPES):
-            return key  # type: ignore[return-value]
+            # One of _KEY_TYPES: the class cache spares the ABC walk.
+            return cast(PrivateKey, key)
     try:
         oak = load_der(OneAsymmetricKey, der, "PrivateKeyInfo", max_size)
         with decoding("PrivateKeyInfo"):

@@ -402,7 +402,7 @@ class Suite:
         client: ESTClient | None = None, cte: bool = True, **body_options: object,
     ) -> RawResponseReceived:
         """POST a CSR for *key* to /simpleenroll (or *op*) and return the answer."""
-        body = self.csr_body(key, subject, **body_options)  # type: ignore[arg-type]
+        body = self.csr_body(key, subject, **body_options)  # type: ignore[arg-type]  # a check's table row of csr_body keywords
         own = client is None
         use = self.client() if client is None else client
         try:
@@ -619,7 +619,7 @@ async def _enroll_issued(s: Suite) -> str:
 async def _enroll_variant(s: Suite, tag: str, what: str, **options: object) -> RawResponseReceived:
     s.need_credentials()
     key = ec.generate_private_key(ec.SECP256R1())
-    response = await s.enroll(key, _subject(tag), **options)  # type: ignore[arg-type]
+    response = await s.enroll(key, _subject(tag), **options)  # type: ignore[arg-type]  # a check's table row of enroll keywords
     # RFC 8951 3.1: receivers SHOULD tolerate whitespace; every layout of
     # the same base64 must enroll.
     s.issued(response, key, what)

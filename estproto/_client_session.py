@@ -203,6 +203,12 @@ Instruction = Union[Connect, Write, Read, Disconnect, Wait, WallClock]
 Steps = Generator[Instruction, Any, _T]
 
 
+def _describe(result: ClientResultEvent) -> str:
+    """A result event for the debug log: its kind and HTTP status."""
+    status = getattr(result, "status", None)
+    return f"{type(result).__name__}" + (f" ({status})" if status is not None else "")
+
+
 # ---------------------------------------------------------------------------
 # The session
 
@@ -311,6 +317,7 @@ class ClientSession:
         yield from self._flush(conn)
         if conn.closed:
             self._unexpected(conn.next_event())  # raises the TLS error
+        self._log.debug("connected to %s:%d: %s", self.host, self.port, conn.tls_summary)
         return conn, False
 
     # -- moving bytes through the connection ---------------------------------
@@ -429,8 +436,14 @@ class ClientSession:
             if authorization is not None:
                 request = dataclasses.replace(request, authorization=authorization)
             try:
+                # Names only: never a header, a body or a credential.
+                self._log.debug("sending %s%s%s", type(request).__name__,
+                                f" to label {self.label!r}" if self.label else "",
+                                " with credentials" if authorization is not None else "")
                 conn.send(request)
-                return (yield from self._until_result(conn))
+                result = yield from self._until_result(conn)
+                self._log.debug("answer: %s", _describe(result))
+                return result
             except (OSError, RemoteProtocolError) as exc:
                 yield from self._retire()
                 # Retry only when the server may never have seen the request:
@@ -474,6 +487,7 @@ class ClientSession:
                 # per challenge: a second one is the server's final answer.
                 auth_retried = True
                 authorization = result.retry.authorization
+                self._log.debug("the server closed after its 401: answering on a new connection")
                 yield from self._retire()
                 continue
             if isinstance(result, EnrollmentPending):

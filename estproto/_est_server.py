@@ -465,7 +465,7 @@ class ESTServerProtocol:
             return False
         reason = auth.mismatch_reason(csr.subject_der, csr.subject_alt_names, cert)
         if reason is not None:
-            raise RemoteProtocolError(f"{reason} (RFC 7030 4.2.2)", 400)
+            raise RemoteProtocolError(reason, 400)  # it names RFC 7030 4.2.2 itself
         cert_spki = cert.public_key().public_bytes(
             serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
         )

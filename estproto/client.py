@@ -204,6 +204,21 @@ class ClientConnection:
         return channel_binding_password(binding.value)
 
     @property
+    def tls_summary(self) -> str:
+        """What the handshake agreed, for logs: version, cipher, whether the
+        session was resumed and which server certificate was shown."""
+        tls = self._tls
+        if tls is None:
+            return "plain TCP (no TLS)"
+        if not tls.handshake_complete:
+            return "TLS handshake not complete"
+        peer = tls.peer_certificate
+        shown = peer.certificate.subject.rfc4514_string() if peer is not None else "none"
+        trust = "verified" if peer is not None and peer.verified else "NOT verified"
+        resumed = ", resumed" if tls.session_reused else ""
+        return f"{tls.version} {tls.cipher}{resumed}, server certificate {shown!r} ({trust})"
+
+    @property
     def tls_session(self) -> TLSSession | None:
         """The TLS session, for resuming on a new connection."""
         return self._tls.session if self._tls is not None else None

@@ -1080,6 +1080,9 @@ class EmbeddedCA(CABackend):
         now = datetime.datetime.now(datetime.timezone.utc)
         # X.509 times have whole seconds: this is the notAfter the certificate holds.
         not_after = (now + datetime.timedelta(days=profile.validity_days)).replace(microsecond=0)
+        # Never beyond the issuer's own notAfter: such a certificate would stop
+        # validating with its chain before it "expires" (RFC 5280 6.1.3).
+        not_after = min(not_after, self.issuer_certificate.not_valid_after_utc)
         builder = (
             self._base_builder
             .add_extension(_end_entity_key_usage(key), critical=True)

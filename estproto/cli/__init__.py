@@ -118,8 +118,13 @@ def main(argv: list[str] | None = None) -> int:
         from ..conformance import main as conformance_main
 
         return conformance_main(arguments[1:])
-    args = build_parser().parse_args(arguments)
+    parser = build_parser()
     try:
+        if arguments[:1] == ["serve"]:
+            from ._serve import with_config_file
+
+            arguments = ["serve", *with_config_file(arguments[1:])]
+        args = parser.parse_args(arguments)
         return int(args.func(args))
     except CLIError as exc:
         print(f"estproto: {exc.message}", file=sys.stderr)

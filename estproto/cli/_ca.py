@@ -56,7 +56,8 @@ from ..ca import (
 from ..codecs import pkcs10
 from ._client import KEY_TYPES, _read_csr, _subject, new_key
 from ._common import (
-    CLIError, ExitCode, parse_names, positive_count, read_password, write_output, write_private_key,
+    KEY_PASSWORD_ENV, CLIError, ExitCode, KeyPassphrase, parse_names, positive_count, read_password,
+    validity_days, write_output, write_private_key,
 )
 
 __all__ = ["add_parser", "init_ca", "CA_KEY_TYPES"]
@@ -271,7 +272,8 @@ def _issue_request(args: argparse.Namespace) -> tuple[pkcs10.CertificationReques
     """
     if args.csr:
         extra = [flag for flag, value in (("--subject", args.subject), ("--san", args.san),
-                                          ("--key-type", args.key_type), ("--key-out", args.key_out))
+                                          ("--key-type", args.key_type), ("--key-out", args.key_out),
+                                          ("--key-password-file", args.key_password_file))
                  if value]
         if extra:
             raise CLIError(ExitCode.USAGE, f"--csr carries the subject, names and key: "
@@ -305,7 +307,7 @@ def _issue(
     if key is not None:
         # Saved before issuing: no certificate is recorded for a key that
         # could not be kept.
-        write_private_key(args.key_out, key)
+        write_private_key(args.key_out, key, KeyPassphrase(args.key_password_file).given())
     request = SimpleEnrollRequest(label="", credentials=None, facts=ConnectionFacts(is_tls=False, peer="cli"),
                                   csr=csr)
     response = ca.enroll(request, Principal(_operator(), "operator"))
@@ -325,16 +327,6 @@ def _issue(
 def _cmd_issue(args: argparse.Namespace) -> int:
     csr, key = _issue_request(args)
     return _with_ca(lambda ca, a: _issue(ca, a, csr, key), _issue_settings(args, csr))(args)
-
-
-def _positive(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError("must be at least 1")
-    return value
 
 
 # -- parser ------------------------------------------------------------------
@@ -423,12 +415,14 @@ def add_parser(commands: Any, formatter: type[argparse.HelpFormatter]) -> None:
     g.add_argument("--key-type", choices=KEY_TYPES, default=None,
                    help="type of the generated key (default p256)")
     g.add_argument("--key-out", metavar="FILE", help="where to save the generated key (PEM, mode 0600)")
+    g.add_argument("--key-password-file", metavar="FILE",
+                   help=f"encrypt the saved key with the passphrase on FILE's first line (or ${KEY_PASSWORD_ENV})")
     g.add_argument("--csr", metavar="FILE",
                    help="issue for this PKCS#10 (PEM or DER; its signature must verify) instead")
     p.add_argument("--ra", action="store_true",
                    help="a Registration Authority certificate (RFC 7030 3.7): EKU clientAuth and "
                         "id-kp-cmcRA, plus serverAuth when it has subjectAltNames")
-    p.add_argument("--days", type=_positive, metavar="N", help="validity in days (default 365)")
+    p.add_argument("--days", type=validity_days, metavar="N", help="validity in days (default 365)")
     p.add_argument("--out", metavar="FILE",
                    help="write the certificate, then any intermediate CA, as PEM (default stdout)")
     p.set_defaults(func=_cmd_issue)

@@ -69,12 +69,16 @@ from ._common import (
     EXIT_CODES_HELP,
     CLIError,
     ExitCode,
+    KEY_PASSWORD_ENV,
+    KeyPassphrase,
     check_output_path,
     count,
     parse_names,
     parse_subject,
     positive_seconds,
     seconds,
+    setup_client_logging,
+    validity_days,
     read_certificates,
     read_password,
     read_private_key,
@@ -82,7 +86,7 @@ from ._common import (
     write_private_key,
 )
 
-__all__ = ["add_parsers", "parse_url", "Target", "new_key", "KEY_TYPES", "chain_verifies"]
+__all__ = ["add_parsers", "parse_url", "Target", "new_key", "KEY_TYPES", "chain_verifies", "issuer_chain"]
 
 #: Key types the client generates (``--key-type``).
 KEY_TYPES = ("p256", "p384", "rsa2048", "rsa3072", "ed25519")
@@ -202,19 +206,21 @@ class _Session:
     def __init__(self, args: argparse.Namespace, need_credentials: bool = False) -> None:
         self.args = args
         self.target = parse_url(args.url)
+        setup_client_logging(getattr(args, "verbose", 0))
         self.anchors: list[x509.Certificate] | None = None
         if args.cacert:
             self.anchors = read_certificates(args.cacert, "trust anchor file")
         self.fingerprint = _normalise_fingerprint(args.fingerprint) if args.fingerprint else None
         self.client_chain: list[x509.Certificate] = []
         self.client_key: pkcs10.PrivateKey | None = None
+        self.passphrase = KeyPassphrase(getattr(args, "key_password_file", None))
         cert = getattr(args, "cert", None)
         key = getattr(args, "key", None)
         if cert:
             if not key:
                 raise CLIError(ExitCode.USAGE, "--cert needs --key (the certificate's private key)")
             self.client_chain = read_certificates(cert, "client certificate")
-            self.client_key = read_private_key(key)
+            self.client_key = read_private_key(key, self.passphrase)
             if _spki(self.client_key.public_key()) != _spki(self.client_chain[0].public_key()):
                 raise CLIError(ExitCode.USAGE, f"{key} is not the key of {cert}")
         self.credentials: Credentials | None = None
@@ -318,7 +324,9 @@ def _read_csr(path: str) -> bytes:
     return data
 
 
-def _csr_key(args: argparse.Namespace, existing: pkcs10.PrivateKey | None) -> pkcs10.PrivateKey:
+def _csr_key(
+    args: argparse.Namespace, existing: pkcs10.PrivateKey | None, passphrase: KeyPassphrase,
+) -> pkcs10.PrivateKey:
     """The key the CSR is for: generated (``--key-type``), else *existing*
     (``--key``), else the key already in ``--key-out`` (an earlier run that
     got 202: the same command then asks again for the same key, RFC 7030
@@ -335,23 +343,77 @@ def _csr_key(args: argparse.Namespace, existing: pkcs10.PrivateKey | None) -> pk
             raise CLIError(ExitCode.USAGE, f"--key-out {args.key_out} exists: --force replaces it "
                                            "with a new key, or drop --key-type to use it")
         _warn(f"using the key in {args.key_out} (from an earlier run)")
-        return read_private_key(args.key_out)
+        return read_private_key(args.key_out, passphrase)
     key = new_key(args.key_type or "p256")
-    write_private_key(args.key_out, key)
+    write_private_key(args.key_out, key, passphrase.given())
     return key
 
 
 def _existing_key(args: argparse.Namespace, session: _Session) -> pkcs10.PrivateKey | None:
     if session.client_key is not None:
         return session.client_key
-    return read_private_key(args.key) if getattr(args, "key", None) else None
+    return read_private_key(args.key, session.passphrase) if getattr(args, "key", None) else None
 
 
-def _write_certificate(args: argparse.Namespace, cert: x509.Certificate) -> None:
+def issuer_chain(cert: x509.Certificate, pool: list[x509.Certificate]) -> list[x509.Certificate]:
+    """The CA certificates of *pool* above *cert*, nearest first, up to and
+    excluding the self-signed root: what a TLS peer sends after its own
+    certificate (RFC 8446 4.4.2; the root is the relying party's).
+
+    Raises:
+        LookupError: an issuer is not in *pool* (named in the message).
+    """
+    chain: list[x509.Certificate] = []
+    current = cert
+    for _ in range(len(pool) + 1):
+        for issuer in pool:
+            if issuer.subject != current.issuer:
+                continue
+            try:
+                current.verify_directly_issued_by(issuer)
+            except (ValueError, TypeError, InvalidSignature):
+                continue
+            break
+        else:
+            raise LookupError(current.issuer.rfc4514_string())
+        if issuer.subject == issuer.issuer:
+            return chain
+        if issuer in chain:
+            break
+        chain.append(issuer)
+        current = issuer
+    raise LookupError(f"a loop above {cert.subject.rfc4514_string()}")
+
+
+async def _chain_pool(args: argparse.Namespace, session: _Session, client: Any,
+                      more: tuple[x509.Certificate, ...] = ()) -> list[x509.Certificate]:
+    """With ``--chain``: the CA certificates the chain is built from, the
+    server's current /cacerts (RFC 7030 4.1.3) and our trust anchors."""
+    if not getattr(args, "chain", False):
+        return []
+    return [*more, *(await client.cacerts()), *(session.anchors or ())]
+
+
+def _write_certificate(args: argparse.Namespace, cert: x509.Certificate,
+                       pool: list[x509.Certificate] | None = None) -> None:
+    """Write the issued certificate (with ``--chain``, followed by its CA
+    certificates from *pool*). A chain that cannot be completed still
+    leaves the certificate written, then fails: the CA has issued it."""
     encoding = serialization.Encoding.DER if args.format == "der" else serialization.Encoding.PEM
-    write_output(args.out, cert.public_bytes(encoding))
+    missing = None
+    chain: list[x509.Certificate] = []
+    if getattr(args, "chain", False):
+        try:
+            chain = issuer_chain(cert, pool or [])
+        except LookupError as exc:
+            missing = str(exc)
+    write_output(args.out, b"".join(c.public_bytes(encoding) for c in [cert, *chain]))
     _warn(f"issued: {cert.subject.rfc4514_string()}, serial {cert.serial_number:x}, "
-          f"valid until {cert.not_valid_after_utc:%Y-%m-%d}")
+          f"valid until {cert.not_valid_after_utc:%Y-%m-%d}"
+          + (f", with {len(chain)} CA certificate(s)" if chain else ""))
+    if missing is not None:
+        raise CLIError(ExitCode.PROTOCOL, f"--chain: the issuer {missing} is neither in /cacerts nor "
+                                          "a trust anchor; wrote the certificate alone")
 
 
 # -- commands --------------------------------------------------------------
@@ -385,6 +447,8 @@ def _check_request_flags(args: argparse.Namespace, *, key_out_kept: bool = False
     could not be saved."""
     check_output_path(getattr(args, "out", None), "--out")
     check_output_path(getattr(args, "key_out", None), "--key-out")
+    if getattr(args, "chain", False) and args.format == "der":
+        raise CLIError(ExitCode.USAGE, "--chain writes several certificates: use --format pem")
     pop = getattr(args, "pop", False)
     if args.csr:
         flags = [("--subject", args.subject), ("--san", args.san), ("--key-type", args.key_type),
@@ -404,6 +468,9 @@ def _enroll_like(args: argparse.Namespace, reenroll: bool) -> int:
     session = _Session(args)
     if reenroll and session.client_key is None:
         raise CLIError(ExitCode.USAGE, "reenroll needs --cert and --key: the certificate being renewed")
+    if reenroll and args.if_expires_within is not None and not _renewal_due(
+            session.client_chain[0], args.if_expires_within):
+        return 0
     csr_der: bytes | None = None
     key: pkcs10.PrivateKey | None = None
     if args.csr:
@@ -419,7 +486,7 @@ def _enroll_like(args: argparse.Namespace, reenroll: bool) -> int:
                 sans = list(current.extensions.get_extension_for_class(x509.SubjectAlternativeName).value)
             except x509.ExtensionNotFound:
                 sans = []
-        key = _csr_key(args, _existing_key(args, session))
+        key = _csr_key(args, _existing_key(args, session), session.passphrase)
 
     async def run() -> int:
         async with await session.client() as client:
@@ -434,12 +501,29 @@ def _enroll_like(args: argparse.Namespace, reenroll: bool) -> int:
                 else:
                     send = client.simplereenroll if reenroll else client.simpleenroll
                     cert = await send(pkcs10.build_csr(key, subject, subject_alt_names=sans))
+            pool = await _chain_pool(args, session, client)
         if key is not None and _spki(cert.public_key()) != _spki(key.public_key()):
             raise CLIError(ExitCode.PROTOCOL, "the issued certificate does not hold our key")
-        _write_certificate(args, cert)
+        _write_certificate(args, cert, pool)
         return 0
 
     return _run(run)
+
+
+def _renewal_due(cert: x509.Certificate, days: int) -> bool:
+    """Whether *cert* expires within *days* (``reenroll --if-expires-within``:
+    a cron job or systemd timer runs the same command daily and the server
+    is asked only when renewal is due). Says which, either way."""
+    import datetime
+
+    left = cert.not_valid_after_utc - datetime.datetime.now(datetime.timezone.utc)
+    until = f"{cert.not_valid_after_utc:%Y-%m-%d %H:%M} UTC"
+    if left > datetime.timedelta(days=days):
+        _warn(f"not due: {cert.subject.rfc4514_string()} is valid until {until}, "
+              f"more than {days} day(s) away; nothing sent")
+        return False
+    _warn(f"renewing: {cert.subject.rfc4514_string()} expires {until}")
+    return True
 
 
 def _cmd_enroll(args: argparse.Namespace) -> int:
@@ -504,6 +588,7 @@ def _cmd_serverkeygen(args: argparse.Namespace) -> int:
             else:
                 result = await client.serverkeygen(
                     pkcs10.build_csr(throwaway, subject, **csr_kwargs), decryption_key=decryption_key)
+            pool = await _chain_pool(args, session, client)
         if result.private_key is None:
             raise CLIError(ExitCode.PROTOCOL, "the server sent an encrypted key we cannot open")
         if args.encrypt_key and result.encrypted_key is None:
@@ -513,8 +598,8 @@ def _cmd_serverkeygen(args: argparse.Namespace) -> int:
                                               "although --encrypt-key asked for encryption")
         if _spki(result.private_key.public_key()) != _spki(result.certificate.public_key()):
             raise CLIError(ExitCode.PROTOCOL, "the server's key does not match its certificate")
-        write_private_key(args.key_out, result.private_key)
-        _write_certificate(args, result.certificate)
+        write_private_key(args.key_out, result.private_key, session.passphrase.given())
+        _write_certificate(args, result.certificate, pool)
         return 0
 
     return _run(run)
@@ -577,7 +662,7 @@ def _cmd_fullcmc(args: argparse.Namespace) -> int:
         csr_der = _read_csr(args.csr)
         key = existing
     else:
-        key = _csr_key(args, existing)
+        key = _csr_key(args, existing, session.passphrase)
         csr_der = pkcs10.build_csr(key, _subject(args), subject_alt_names=parse_names(args.san or ()))
     request = cmc.build_full_pki_request(
         csr_der, key, transaction_id=secrets.randbits(63), sender_nonce=secrets.token_bytes(16),
@@ -586,6 +671,7 @@ def _cmd_fullcmc(args: argparse.Namespace) -> int:
     async def run() -> int:
         async with await session.client() as client:
             result = await client.fullcmc(request)
+            pool = await _chain_pool(args, session, client, tuple(result.response.certificates))
         response = result.response
         if response.status is cmc.CMCStatus.PENDING:
             raise CLIError(ExitCode.PENDING, "CMC status pending: run the same command again later")
@@ -597,7 +683,7 @@ def _cmd_fullcmc(args: argparse.Namespace) -> int:
             cert = pkcs7.find_issued_certificate(response.certificates, key.public_key())
         except (DecodeError, LookupError, ValueError):
             raise CLIError(ExitCode.PROTOCOL, "the CMC response holds no certificate for our key") from None
-        _write_certificate(args, cert)
+        _write_certificate(args, cert, pool)
         return 0
 
     return _run(run)
@@ -627,10 +713,16 @@ def _common(p: argparse.ArgumentParser, *, credentials: bool, output: bool = Tru
         who.add_argument("--cert", metavar="FILE", help="TLS client certificate (PEM, may hold a chain)")
         who.add_argument("--key", metavar="FILE",
                          help="private key of --cert; without --key-type also the key the CSR is for")
+        who.add_argument("--key-password-file", metavar="FILE",
+                         help="passphrase of encrypted key files (first line of FILE; else "
+                              f"${KEY_PASSWORD_ENV} or a prompt); keys written are encrypted with it")
     p.add_argument("--out", metavar="FILE", help="write the result here (default stdout)")
     p.add_argument("--format", choices=("pem", "der"), default="pem", help="output format (default pem)")
     p.add_argument("--timeout", type=positive_seconds, default=30.0, metavar="S",
                    help="seconds for connecting and for each response (default 30)")
+    p.add_argument("-v", "--verbose", action="count", default=0,
+                   help="say what happens on the wire: connections (TLS version, cipher, "
+                        "server certificate), requests and answers; never credentials")
 
 
 def _csr_options(p: argparse.ArgumentParser, *, pop: bool = True, key_out_help: str | None = None) -> None:
@@ -645,6 +737,9 @@ def _csr_options(p: argparse.ArgumentParser, *, pop: bool = True, key_out_help: 
     g.add_argument("--csr", metavar="FILE", help="send this ready-made PKCS#10 (PEM or DER) instead")
     g.add_argument("--force", action="store_true",
                    help="replace an existing --key-out file (otherwise its key is used again)")
+    g.add_argument("--chain", action="store_true",
+                   help="write the certificate followed by its CA certificates up to, not "
+                        "including, the root (PEM; what a TLS server sends)")
     if pop:
         g.add_argument("--pop", action=argparse.BooleanOptionalAction, default=None,
                        help="link the CSR to the TLS channel, RFC 7030 3.5 (default on; "
@@ -690,10 +785,15 @@ def add_parsers(commands: Any, formatter: type[argparse.HelpFormatter]) -> None:
 
     p = command("reenroll", "renew (same key) or rekey (--key-type) a certificate (POST /simplereenroll)", [
         f"estproto reenroll {url} --cacert ca.pem --cert device.pem --key device.key --out device-new.pem",
+        f"estproto reenroll {url} --cacert ca.pem --cert device.pem --key device.key --out device.pem "
+        "--if-expires-within 30   # daily from cron",
     ])
     _common(p, credentials=True)
     _csr_options(p)
     _retry_options(p)
+    p.add_argument("--if-expires-within", type=validity_days, metavar="DAYS",
+                   help="only if --cert expires within DAYS days; otherwise say so and exit 0 "
+                        "without contacting the server (for cron jobs and timers)")
     p.set_defaults(func=_cmd_reenroll)
 
     p = command("serverkeygen", "have the server generate the key and certificate (POST /serverkeygen)", [

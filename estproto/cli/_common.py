@@ -20,6 +20,7 @@ import logging
 import os
 import re
 import sys
+import tempfile
 from pathlib import Path
 from typing import Any, NoReturn, Sequence
 
@@ -38,14 +39,19 @@ __all__ = [
     "read_password",
     "read_certificates",
     "read_private_key",
+    "KeyPassphrase",
+    "KEY_PASSWORD_ENV",
     "write_private_key",
     "write_output",
     "setup_logging",
+    "setup_client_logging",
     "parse_names",
 ]
 
 #: The environment variable a password is read from (never from argv).
 PASSWORD_ENV = "ESTPROTO_PASSWORD"
+#: The environment variable the passphrase of private key files is read from.
+KEY_PASSWORD_ENV = "ESTPROTO_KEY_PASSWORD"
 
 
 class ExitCode(enum.IntEnum):
@@ -128,6 +134,8 @@ positive_count = _number(int, 1, 1_000_000, "a whole number >= 1")
 seconds = _number(float, 0, 86_400, "a number of seconds (0-86400)")
 #: Whole seconds that may be zero, at most a day (Retry-After is delta-seconds).
 whole_seconds = _number(int, 0, 86_400, "whole seconds (0-86400)")
+#: A certificate lifetime in days: at least one, at most 100 years.
+validity_days = _number(int, 1, 36_500, "a number of days (1-36500)")
 #: Seconds that must be positive (a timeout), at most a day.
 positive_seconds = _number(float, 0.001, 86_400, "a positive number of seconds (at most 86400)")
 
@@ -163,6 +171,19 @@ def parse_subject(text: str) -> x509.Name:
     return name
 
 
+def _first_line(file: str, flag: str) -> str:
+    """A secret from the first line of *file* (at most 4096 characters)."""
+    try:
+        with open(file, encoding="utf-8") as f:
+            line = f.readline(4097).rstrip("\r\n")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise CLIError(ExitCode.USAGE, f"{flag} {file}: unreadable "
+                                       f"({getattr(exc, 'strerror', None) or exc})") from None
+    if not line or len(line) > 4096:
+        raise CLIError(ExitCode.USAGE, f"{flag} {file}: no password on its first line")
+    return line
+
+
 def read_password(user: str, *, confirm: bool = False, file: str | None = None) -> str:
     """The password for *user*: the first line of *file* (``--password-file``),
     else ``$ESTPROTO_PASSWORD``, else a prompt. Never from argv.
@@ -177,15 +198,7 @@ def read_password(user: str, *, confirm: bool = False, file: str | None = None) 
             no variable and no terminal to ask, or the two entries differ.
     """
     if file is not None:
-        try:
-            with open(file, encoding="utf-8") as f:
-                line = f.readline(4097).rstrip("\r\n")
-        except (OSError, UnicodeDecodeError) as exc:
-            raise CLIError(ExitCode.USAGE, f"--password-file {file}: unreadable "
-                                           f"({getattr(exc, 'strerror', None) or exc})") from None
-        if not line or len(line) > 4096:
-            raise CLIError(ExitCode.USAGE, f"--password-file {file}: no password on its first line")
-        return line
+        return _first_line(file, "--password-file")
     from_env = os.environ.get(PASSWORD_ENV)
     if from_env is not None:
         return from_env
@@ -224,36 +237,87 @@ def read_certificates(path: str | Path, what: str = "certificate file") -> list[
     return certs
 
 
-def read_private_key(path: str | Path) -> pkcs10.PrivateKey:
-    """An unencrypted private key, PEM or DER.
+class KeyPassphrase:
+    """The passphrase protecting private key files: the first line of
+    ``--key-password-file``, else ``$ESTPROTO_KEY_PASSWORD``; a prompt only
+    when an encrypted key must be read and neither is set. Keys a command
+    writes are encrypted with it when one of the two is set.
+    """
+
+    def __init__(self, file: str | None = None) -> None:
+        self.file = file
+        self._value: bytes | None = None
+
+    def given(self) -> bytes | None:
+        """The passphrase from the file or the variable, or None (no prompt)."""
+        if self._value is None:
+            if self.file is not None:
+                self._value = _first_line(self.file, "--key-password-file").encode()
+            elif os.environ.get(KEY_PASSWORD_ENV):
+                self._value = os.environ[KEY_PASSWORD_ENV].encode()
+        return self._value
+
+    def for_reading(self, path: str | Path) -> bytes:
+        """The passphrase to open the encrypted key *path*, prompting if need be.
+
+        Raises:
+            CLIError: USAGE when there is none and no terminal to ask.
+        """
+        value = self.given()
+        if value is not None:
+            return value
+        if not sys.stdin.isatty():
+            raise CLIError(ExitCode.USAGE, f"{path} is encrypted: give --key-password-file "
+                                           f"or set {KEY_PASSWORD_ENV}")
+        try:
+            self._value = getpass.getpass(f"passphrase for {path}: ").encode()
+        except EOFError:
+            raise CLIError(ExitCode.USAGE, f"{path} is encrypted: set {KEY_PASSWORD_ENV}") from None
+        return self._value
+
+
+def read_private_key(path: str | Path, passphrase: KeyPassphrase | None = None) -> pkcs10.PrivateKey:
+    """A private key, PEM or DER, encrypted (PKCS#8 or OpenSSL's PEM
+    encryption, opened with *passphrase*) or not.
 
     Raises:
-        CLIError: USAGE when unreadable, encrypted or of an unsupported type.
+        CLIError: USAGE when unreadable, encrypted without a passphrase, the
+            passphrase is wrong, or of a type that cannot sign.
     """
     data = _read(path, "private key")
+    load = serialization.load_pem_private_key if b"-----BEGIN" in data else serialization.load_der_private_key
     try:
-        if b"-----BEGIN" in data:
-            key = serialization.load_pem_private_key(data, password=None)
-        else:
-            key = serialization.load_der_private_key(data, password=None)
+        try:
+            key = load(data, password=None)
+        except TypeError:
+            # cryptography's way of saying "encrypted, and no password given".
+            if passphrase is None:
+                raise CLIError(ExitCode.USAGE, f"{path} is encrypted: give --key-password-file "
+                                               f"or set {KEY_PASSWORD_ENV}") from None
+            secret = passphrase.for_reading(path)
+            try:
+                key = load(data, password=secret)
+            except ValueError:
+                raise CLIError(ExitCode.USAGE, f"{path}: wrong passphrase (or a damaged key)") from None
     except (ValueError, TypeError) as exc:
-        raise CLIError(ExitCode.USAGE, f"{path}: not an unencrypted private key ({exc})") from None
+        raise CLIError(ExitCode.USAGE, f"{path}: not a private key ({exc})") from None
     if not pkcs10.is_signing_key(key):
         raise CLIError(ExitCode.USAGE, f"{path}: a {type(key).__name__} cannot sign a request "
                                        "(use an EC, RSA, Ed25519 or Ed448 key)")
     return key
 
 
-def write_private_key(path: str | Path, key: PrivateKeyTypes) -> None:
+def write_private_key(path: str | Path, key: PrivateKeyTypes, passphrase: bytes | None = None) -> None:
     """Write *key* as PKCS#8 PEM with mode 0600 (created that way, never
-    world-readable even for a moment).
+    world-readable even for a moment), encrypted with *passphrase* if given
+    (cryptography's best available PKCS#8 encryption, which openssl reads).
 
     Raises:
         CLIError: USAGE when the file cannot be written.
     """
-    pem = key.private_bytes(
-        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
-    )
+    protection: serialization.KeySerializationEncryption = (
+        serialization.BestAvailableEncryption(passphrase) if passphrase else serialization.NoEncryption())
+    pem = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, protection)
     try:
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
         with os.fdopen(fd, "wb") as f:
@@ -293,10 +357,38 @@ def write_output(path: str | None, data: bytes) -> None:
         sys.stdout.buffer.write(data)
         sys.stdout.buffer.flush()
         return
+    target = Path(path)
+    if target.exists() and not target.is_file():
+        # /dev/stdout, a FIFO: nothing to replace, just write.
+        try:
+            with open(target, "wb") as f:
+                f.write(data)
+        except OSError as exc:
+            raise CLIError(ExitCode.USAGE, f"cannot write {path}: {exc.strerror or exc}") from None
+        return
+    # A new file beside the target, renamed over it: renewing in place
+    # (--out the same file as --cert) never leaves a half-written file.
     try:
-        Path(path).write_bytes(data)
+        mode = target.stat().st_mode & 0o777 if target.exists() else None
+        fd, temporary = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.")
     except OSError as exc:
         raise CLIError(ExitCode.USAGE, f"cannot write {path}: {exc.strerror or exc}") from None
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.chmod(temporary, mode if mode is not None else 0o666 & ~_umask())
+        os.replace(temporary, target)
+    except OSError as exc:
+        os.unlink(temporary)
+        raise CLIError(ExitCode.USAGE, f"cannot write {path}: {exc.strerror or exc}") from None
+
+
+def _umask() -> int:
+    current = os.umask(0o022)
+    os.umask(current)
+    return current
 
 
 def setup_logging(verbose: int, *, with_pid: bool = False) -> None:
@@ -312,6 +404,19 @@ def setup_logging(verbose: int, *, with_pid: bool = False) -> None:
         format=f"%(asctime)s {pid}%(levelname)s %(name)s: %(message)s",
         stream=sys.stderr,
     )
+
+
+def setup_client_logging(verbose: int) -> None:
+    """A client command's progress on stderr: waits and reconnections
+    always, each connection and exchange with ``-v`` (never a credential:
+    the client logs event names, not headers)."""
+    logger = logging.getLogger("estproto.client")
+    if not logger.handlers:
+        handler = logging.StreamHandler(sys.stderr)
+        handler.setFormatter(logging.Formatter("estproto: %(message)s"))
+        logger.addHandler(handler)
+        logger.propagate = False
+    logger.setLevel(logging.DEBUG if verbose else logging.INFO)
 
 
 def parse_names(values: Sequence[str]) -> list[x509.GeneralName]:

@@ -56,14 +56,20 @@ from typing import Any, Callable
 
 from .. import auth
 from .._config import ServerConfig
-from ..ca import CA_FILES, CASettings, EmbeddedCA
+from ..ca import CA_FILES, CASettings, EmbeddedCA, Profile
 from ..ca.authority import AUTH_SCHEMES, DEFAULT_AUTH_SCHEMES
 from ._ca import init_ca
-from ._common import CLIError, ExitCode, port_number, positive_count, setup_logging, whole_seconds
+from ._serve_config import SECTION, Setting, apply_config_file
+from ._common import (
+    CLIError, ExitCode, port_number, positive_count, setup_logging, validity_days, whole_seconds,
+)
 
-__all__ = ["add_parser", "listening_line", "build_config", "ca_settings"]
+__all__ = ["add_parser", "listening_line", "build_config", "ca_settings", "with_config_file", "SETTINGS"]
 
 _log = logging.getLogger("estproto.serve")
+
+#: serve's flags, as ``--config`` files may set them (filled by add_parser).
+SETTINGS: list[Setting] = []
 
 #: Seconds a worker may take from spawn to its listening line (imports, CA
 #: load; a cold start on a loaded 2-core machine takes about 2 s).
@@ -120,6 +126,7 @@ def ca_settings(args: argparse.Namespace) -> CASettings:
         accept_digest=passwords,
         accept_certificates=args.auth in ("cert", "both"),
         auth_schemes=args.auth_schemes,
+        profile=Profile(validity_days=args.validity_days),
     )
 
 
@@ -324,6 +331,7 @@ def _worker_command(args: argparse.Namespace, port: int) -> list[str]:
         "--auth-schemes", ",".join(args.auth_schemes),
         "--pop", args.pop, "--retry-after", str(args.retry_after), "--tls-min", args.tls_min,
         "--tls-max", args.tls_max, "--framework", args.framework,
+        "--validity-days", str(args.validity_days),
     ]
     for name in args.hostname or ():
         command += ["--hostname", name]
@@ -490,6 +498,12 @@ def _cmd_serve(args: argparse.Namespace) -> int:
     return _serve_one(args)
 
 
+def with_config_file(argv: list[str]) -> list[str]:
+    """serve's arguments with its ``--config`` file applied (see
+    :mod:`._serve_config`); needs :func:`add_parser` to have run."""
+    return apply_config_file(argv, SETTINGS)
+
+
 def add_parser(commands: Any, formatter: type[argparse.HelpFormatter]) -> None:
     """Add ``serve`` to *commands* (an argparse subparsers object)."""
     p = commands.add_parser(
@@ -505,40 +519,58 @@ def add_parser(commands: Any, formatter: type[argparse.HelpFormatter]) -> None:
             "  estproto serve --data-dir ./est-ca --host 127.0.0.1 --port 8443\n"
             "  estproto serve --data-dir ./est-ca --port 8443 --manual-approval --retry-after 30\n"
             "  estproto serve --data-dir ./est-ca --host 0.0.0.0 --port 8443 "
-            "--hostname est.example --workers 4"
+            "--hostname est.example --workers 4\n"
+            "  estproto serve --config /etc/estproto/serve.ini --port 9443\n\n"
+            f"a --config file ([{SECTION}] section; relative data-dir: to the file):\n"
+            f"  [{SECTION}]\n  data-dir = est-ca\n  host = 0.0.0.0\n  hostname = est.example, 192.0.2.10\n"
+            "  manual-approval = true"
         ),
         formatter_class=formatter,
     )
-    p.add_argument("--data-dir", required=True, metavar="DIR", help="the CA's data directory")
-    p.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
-    p.add_argument("--port", type=port_number, default=8443, help="TCP port (default 8443; 0 picks a free one)")
-    p.add_argument("--hostname", action="append", metavar="NAME",
+
+    def option(*flags: str, **kwargs: Any) -> None:
+        action = p.add_argument(*flags, **kwargs)
+        kind = {"store_true": "switch", "append": "list", "count": "count"}.get(kwargs.get("action", ""), "value")
+        name = next(f for f in flags if f.startswith("--"))[2:]
+        SETTINGS.append(Setting(name, kind, action))
+
+    SETTINGS.clear()
+    option("--config", metavar="FILE",
+           help=f"read settings from FILE's [{SECTION}] section (keys are these flags' long "
+                "names, e.g. port = 8443; flags given here win)")
+    option("--data-dir", required=True, metavar="DIR", help="the CA's data directory")
+    option("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
+    option("--port", type=port_number, default=8443, help="TCP port (default 8443; 0 picks a free one)")
+    option("--hostname", action="append", metavar="NAME",
                    help="name or IP in the server's TLS certificate (repeatable; "
                         "default: --host, 127.0.0.1, localhost)")
-    p.add_argument("--label", action="append", metavar="LABEL",
+    option("--label", action="append", metavar="LABEL",
                    help="also serve /.well-known/est/LABEL/... (repeatable)")
-    p.add_argument("--auth", choices=("basic", "cert", "both"), default="both",
+    option("--auth", choices=("basic", "cert", "both"), default="both",
                    help="accept HTTP users (Basic and Digest), TLS client certificates, "
                         "or both (default both)")
-    p.add_argument("--auth-schemes", type=_auth_schemes, default=DEFAULT_AUTH_SCHEMES,
+    option("--auth-schemes", type=_auth_schemes, default=DEFAULT_AUTH_SCHEMES,
                    metavar="LIST",
                    help="HTTP schemes offered in a 401, in this order (default "
                         f"{','.join(DEFAULT_AUTH_SCHEMES)}: Bouncy Castle answers only the first "
                         "and its plain HttpAuth has no Digest; curl --anyauth and estproto pick "
                         "Digest anyway); e.g. digest-sha256,digest-md5 for Digest only")
-    p.add_argument("--pop", choices=[m.value for m in auth.PoPPolicy], default="verify-if-present",
+    option("--pop", choices=[m.value for m in auth.PoPPolicy], default="verify-if-present",
                    help="proof-of-possession linking, RFC 7030 3.5 (default verify-if-present)")
-    p.add_argument("--manual-approval", action="store_true",
+    option("--manual-approval", action="store_true",
                    help="answer enrollments 202 until approved with 'estproto ca approve'")
-    p.add_argument("--retry-after", type=whole_seconds, default=60, metavar="S",
+    option("--retry-after", type=whole_seconds, default=60, metavar="S",
                    help="seconds in Retry-After while pending (default 60)")
-    p.add_argument("--tls-min", choices=("1.2", "1.3"), default="1.2", help="lowest TLS version (default 1.2)")
-    p.add_argument("--tls-max", choices=("1.2", "1.3"), default="1.3", help="highest TLS version (default 1.3)")
-    p.add_argument("--framework", choices=("trio", "asyncio"), default="trio",
+    option("--validity-days", type=validity_days, default=Profile.validity_days, metavar="N",
+                   help=f"lifetime of issued certificates in days (default {Profile.validity_days}; "
+                        "never beyond the CA certificate's own)")
+    option("--tls-min", choices=("1.2", "1.3"), default="1.2", help="lowest TLS version (default 1.2)")
+    option("--tls-max", choices=("1.2", "1.3"), default="1.3", help="highest TLS version (default 1.3)")
+    option("--framework", choices=("trio", "asyncio"), default="trio",
                    help="I/O framework (default trio)")
-    p.add_argument("--workers", type=positive_count, default=1, metavar="N",
+    option("--workers", type=positive_count, default=1, metavar="N",
                    help="server processes sharing the port with SO_REUSEPORT (default 1)")
-    p.add_argument("-v", "--verbose", action="count", default=0, help="debug logging")
+    option("-v", "--verbose", action="count", default=0, help="debug logging")
     # Internal: a worker started by a --workers parent joins its port.
     p.add_argument("--reuse-port", action="store_true", help=argparse.SUPPRESS)
     p.set_defaults(func=_cmd_serve)

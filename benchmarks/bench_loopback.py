@@ -1,47 +1,46 @@
-"""Loopback EST enrollment benchmark: real sockets, real TLS, the embedded CA, both adapters.
+"""Loopback enrollment benchmark: ``estproto serve`` beside a bare server, real sockets and TLS.
 
-What it measures: ``/simpleenroll`` (RFC 7030 4.2.1) against an estproto
-server running :class:`estproto.ca.EmbeddedCA` (a P-256 CA in a temporary
-data directory, its SQLite store with group commit, one HTTP Basic user),
-served by :func:`estproto.trio.serve` and by
-:func:`estproto.asyncio.start_server` in turn. For each adapter:
+What it measures: ``/simpleenroll`` (RFC 7030 4.2.1) answered by
 
-* keep-alive: N enrollments over K concurrent keep-alive TLS connections;
-* new connection: N enrollments, each on its own new TLS connection (full
-  handshake, no session resumption), K at a time.
+* ``estproto serve``, the server a user runs (the command line, default
+  settings: the embedded CA with its SQLite store committing every issued
+  certificate before answering, the request log on, Basic and Digest users and
+  client certificates accepted), on trio (the default) and on asyncio
+  (``--framework asyncio``), and with ``--workers 2`` when asked (``--workers``);
+* the bare server of ``bare_server.py``: the same libraries (asyncio, h11,
+  pyOpenSSL memory BIOs, cryptography), the same TLS identity and issuing CA
+  key, and nothing else (no store, no log, no EST rules).
 
-Reported per run: enrollments per second (wall time of the run, as the load
+Two modes: keep-alive (N enrollments over K concurrent keep-alive TLS
+connections) and new connection (each enrollment on its own new TLS
+connection: full handshake, no resumption, K at a time).
+
+Reported per server and mode: enrollments per second (wall time, as the load
 generator sees it), server CPU per enrollment (user + system time of the
-server process from ``/proc/PID/stat``, all threads, divided by N) and peak
-server memory (``VmHWM`` from ``/proc/PID/status``: the peak resident set
-since the server started).
+server's processes from ``/proc``, all threads and workers, divided by N) and
+peak server memory (``VmHWM``).
 
-Processes: the server runs in its own process, started from this script's
-internal entry point (``--serve trio|asyncio --data-dir D --port 0``, which
-prints ``port N`` once listening and shuts down gracefully on SIGTERM), so
-its CPU time and memory are its own. The load generator is this process:
-K plain threads, each with a stdlib ``http.client.HTTPSConnection`` over
-``ssl`` (an independent client, not estproto's), sending pre-built CSRs (N
-distinct P-256 keys, built before timing) with HTTP Basic credentials up
-front, as curl ``--user`` does. A few warm-up enrollments per server run
-first (they also pay the one scrypt password check; the CA then remembers
-the verified credentials, see :mod:`estproto.ca.authority`). Every response
-must be 200; any other answer fails the run.
+The load generator is this process: K plain threads, each with a stdlib
+``http.client.HTTPSConnection`` over ``ssl`` (an independent client, not
+estproto's), sending pre-built CSRs (N distinct P-256 keys) with HTTP Basic
+credentials up front, as curl ``--user`` does. Warm-up enrollments first (they
+also pay estproto's one scrypt password check, which it then caches). Every
+response must be 200.
 
-The server's request log (one ``logging`` line per request) is disabled, as
-the logger has no handler here; a deployment that logs to a file pays a
-few microseconds more per request.
+Method: all servers run side by side; each round runs every (server, mode)
+once, in turn, so a change in machine load hits every side of a ratio alike,
+and each keeps its cheapest round (``--rounds``, default 3). Defaults: N=400,
+K=4 (a 2-core machine: the server and the generator each get about one
+core). ``--quick`` is a tiny run for tests.
 
-Defaults suit a 2-core machine (N=400, K=8): the server and the generator
-each get about one core. ``--quick`` does a tiny run (N=24, K=4) for tests.
-Figures depend on the machine and its load (the load average is printed).
-
-The last line is machine-readable::
+The last two lines are machine-readable::
 
     enroll_per_s keepalive_asyncio=X keepalive_trio=X newconn_asyncio=X newconn_trio=X server_cpu_us=X peak_rss_mb=X
+    loopback_ratio keepalive=X.XX newconn=X.XX
 
-where ``server_cpu_us`` and ``peak_rss_mb`` come from the keep-alive runs
-(the larger of the two adapters), as the comment line above it says.
+``loopback_ratio`` is estproto serve's CPU per enrollment over the bare
+server's (trio, the default framework); ``server_cpu_us`` and
+``peak_rss_mb`` are estproto's keep-alive figures (the larger framework).
 """
 
 from __future__ import annotations
@@ -50,6 +49,7 @@ import argparse
 import base64
 import http.client
 import os
+import re
 import signal
 import ssl
 import subprocess
@@ -74,85 +74,88 @@ REQUEST_TIMEOUT = 30.0
 
 
 # ---------------------------------------------------------------------------
-# Server process (internal entry point)
-
-
-def _serve(adapter: str, data_dir: Path, host: str, port: int) -> None:
-    """Run the embedded CA on *adapter* until SIGTERM; print ``port N``."""
-    from estproto import ServerConfig
-    from estproto.ca import EmbeddedCA
-
-    ca = EmbeddedCA.open(data_dir)
-    config = ServerConfig(tls=ca.server_tls_context(), est=ca.est_settings())
-    handler = ca.handler()
-    try:
-        if adapter == "trio":
-            import trio
-
-            import estproto.trio
-
-            async def run_trio() -> None:
-                async with trio.open_nursery() as nursery:
-                    server = await nursery.start(estproto.trio.serve, handler, config, host, port)
-                    print(f"port {server.port}", flush=True)
-                    with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
-                        async for _ in signals:
-                            break
-                    nursery.cancel_scope.cancel()  # graceful shutdown
-
-            trio.run(run_trio)
-        else:
-            import asyncio
-
-            import estproto.asyncio
-
-            async def run_asyncio() -> None:
-                server = await estproto.asyncio.start_server(handler, config, host, port)
-                print(f"port {server.port}", flush=True)
-                stop = asyncio.Event()
-                loop = asyncio.get_running_loop()
-                for sig in (signal.SIGTERM, signal.SIGINT):
-                    loop.add_signal_handler(sig, stop.set)
-                await stop.wait()
-                server.close()
-                await server.wait_closed()
-
-            asyncio.run(run_asyncio())
-    finally:
-        ca.close()
-
-
-# ---------------------------------------------------------------------------
 # Measuring the server process
 
 
+def _tree(pid: int) -> list[int]:
+    """*pid* and its descendants (``serve --workers``: the parent and its workers)."""
+    pids = [pid]
+    for p in pids:
+        try:
+            with open(f"/proc/{p}/task/{p}/children") as f:
+                pids += [int(c) for c in f.read().split()]
+        except OSError:
+            pass
+    return pids
+
+
 def _cpu_seconds(pid: int) -> float:
-    """User + system CPU seconds of process *pid* (all its threads)."""
-    with open(f"/proc/{pid}/stat") as f:
-        fields = f.read().rsplit(")", 1)[1].split()
-    # After the ")" ending comm: field 3 (state) is index 0, so utime (14)
-    # and stime (15) are at indexes 11 and 12.
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    """CPU seconds run so far by *pid*, its threads and its descendants.
+
+    The sum of each live thread's ``/proc/PID/task/TID/schedstat`` (time
+    on a CPU, in nanoseconds): ``/proc/PID/stat`` counts in clock ticks
+    (10 ms), too coarse for a run of a few hundred enrollments. Threads
+    that exit during a run would drop their time; the servers keep theirs
+    (trio's thread cache and asyncio's executor keep idle threads).
+    """
+    total = 0
+    for p in _tree(pid):
+        try:
+            tasks = os.listdir(f"/proc/{p}/task")
+        except OSError:
+            continue
+        for tid in tasks:
+            try:
+                with open(f"/proc/{p}/task/{tid}/schedstat") as f:
+                    total += int(f.read().split()[0])
+            except (OSError, ValueError, IndexError):
+                continue
+    return total / 1e9
 
 
 def _peak_rss_mb(pid: int) -> float:
-    """Peak resident set size (VmHWM) of process *pid*, MiB."""
-    with open(f"/proc/{pid}/status") as f:
-        for line in f:
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1]) / 1024.0
-    raise RuntimeError("no VmHWM in /proc/PID/status")
+    """Peak resident set size (VmHWM) of *pid* and its descendants, MiB (summed)."""
+    total = 0.0
+    for p in _tree(pid):
+        try:
+            with open(f"/proc/{p}/status") as f:
+                total += next(int(line.split()[1]) for line in f if line.startswith("VmHWM:")) / 1024.0
+        except (OSError, StopIteration):
+            continue
+    return total
+
+
+@dataclass(frozen=True)
+class ServerKind:
+    """One server under test: how to start it and which line says its port."""
+
+    name: str
+    command: list[str]
+    ready: re.Pattern[str]
+
+
+def server_kinds(data_dir: Path, workers: bool) -> list[ServerKind]:
+    serve = [sys.executable, "-m", "estproto", "serve", "--data-dir", str(data_dir),
+             "--host", "127.0.0.1", "--port", "0"]
+    listening = re.compile(r"listening on https://127\.0\.0\.1:(\d+)/")
+    kinds = [
+        ServerKind("trio", serve, listening),
+        ServerKind("asyncio", [*serve, "--framework", "asyncio"], listening),
+    ]
+    if workers:
+        kinds.append(ServerKind("trio_workers2", [*serve, "--workers", "2"], listening))
+    kinds.append(ServerKind("bare", [sys.executable, str(Path(__file__).with_name("bare_server.py")),
+                                     str(data_dir), USER, PASSWORD], re.compile(r"port (\d+)")))
+    return kinds
 
 
 class ServerProcess:
-    """The server subprocess: started, asked for its port, stopped."""
+    """A server subprocess: started, asked for its port, stopped."""
 
-    def __init__(self, adapter: str, data_dir: Path, log: IO[bytes]) -> None:
-        self.proc = subprocess.Popen(
-            [sys.executable, os.path.abspath(__file__), "--serve", adapter,
-             "--data-dir", str(data_dir), "--port", "0"],
-            stdout=subprocess.PIPE, stderr=log, text=True,
-        )
+    def __init__(self, kind: ServerKind, log: IO[bytes]) -> None:
+        self.kind = kind
+        self.proc = subprocess.Popen(kind.command, stdout=subprocess.PIPE, stderr=log, text=True,
+                                     stdin=subprocess.DEVNULL)
         self.pid = self.proc.pid
         self.port = self._read_port()
 
@@ -164,14 +167,15 @@ class ServerProcess:
         reader.join(STARTUP_TIMEOUT)
         if not result or not result[0]:
             self.stop()
-            raise RuntimeError("the server did not report its port (see its log above)")
+            raise RuntimeError(f"{self.kind.name}: the server did not report its port (see its log)")
         return result[0]
 
     def _port_line(self) -> int:
         assert self.proc.stdout is not None
         for line in self.proc.stdout:
-            if line.startswith("port "):
-                return int(line.split()[1])
+            match = self.kind.ready.search(line)
+            if match:
+                return int(match.group(1))
         return 0
 
     def stop(self) -> None:
@@ -319,12 +323,11 @@ class LoadGenerator:
 
 @dataclass(frozen=True)
 class RunResult:
-    adapter: str
+    server: str
     mode: str
     enrollments: int
     seconds: float
     server_cpu: float
-    peak_rss_mb: float
 
     @property
     def per_second(self) -> float:
@@ -335,43 +338,24 @@ class RunResult:
         return self.server_cpu / self.enrollments * 1e6
 
 
-def bench_adapter(adapter: str, data_dir: Path, bodies: list[bytes], n: int, k: int,
-                  log: IO[bytes]) -> list[RunResult]:
-    """Both runs (keep-alive first, so the peak RSS read after it is its own)."""
-    server = ServerProcess(adapter, data_dir, log)
-    results = []
-    try:
-        gen = LoadGenerator(server.port, data_dir / "ca.pem", bodies, k)
-        gen.run(1, keepalive=True)  # pays the one scrypt check
-        gen.run(2 * k, keepalive=True)  # warm-up
-        for mode, keepalive in (("keepalive", True), ("newconn", False)):
-            cpu0 = _cpu_seconds(server.pid)
-            seconds = gen.run(n, keepalive=keepalive)
-            cpu1 = _cpu_seconds(server.pid)
-            results.append(RunResult(adapter, mode, n, seconds, cpu1 - cpu0, _peak_rss_mb(server.pid)))
-    finally:
-        server.stop()
-    return results
+def measure(server: ServerProcess, gen: LoadGenerator, mode: str, n: int) -> RunResult:
+    cpu0 = _cpu_seconds(server.pid)
+    seconds = gen.run(n, keepalive=mode == "keepalive")
+    cpu1 = _cpu_seconds(server.pid)
+    return RunResult(server.kind.name, mode, n, seconds, cpu1 - cpu0)
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
     parser.add_argument("-n", "--enrollments", type=int, default=400, help="enrollments per run")
-    parser.add_argument("-k", "--connections", type=int, default=8, help="concurrent connections")
-    parser.add_argument("--quick", action="store_true", help="tiny run (N=24, K=4) for tests")
-    parser.add_argument("--serve", choices=ADAPTERS, help=argparse.SUPPRESS)
-    parser.add_argument("--data-dir", type=Path, help=argparse.SUPPRESS)
-    parser.add_argument("--host", default="127.0.0.1", help=argparse.SUPPRESS)
-    parser.add_argument("--port", type=int, default=0, help=argparse.SUPPRESS)
+    parser.add_argument("-k", "--connections", type=int, default=4, help="concurrent connections")
+    parser.add_argument("--rounds", type=int, default=3, help="rounds (the cheapest is kept)")
+    parser.add_argument("--workers", action="store_true", help="also measure serve --workers 2")
+    parser.add_argument("--quick", action="store_true", help="tiny run (N=24, K=4, 1 round) for tests")
     args = parser.parse_args(argv)
-    if args.serve:
-        if args.data_dir is None:
-            parser.error("--serve needs --data-dir")
-        _serve(args.serve, args.data_dir, args.host, args.port)
-        return 0
-    n, k = (24, 4) if args.quick else (args.enrollments, args.connections)
-    if n < 1 or k < 1:
-        parser.error("N and K must be at least 1")
+    n, k, rounds = (24, 4, 1) if args.quick else (args.enrollments, args.connections, args.rounds)
+    if n < 1 or k < 1 or rounds < 1:
+        parser.error("N, K and rounds must be at least 1")
 
     from estproto.ca import EmbeddedCA
 
@@ -381,32 +365,54 @@ def main(argv: list[str] | None = None) -> int:
             ca.add_user(USER, PASSWORD)
         bodies = _make_bodies(n)
         load = os.getloadavg()
-        print(f"# N={n} enrollments per run, K={k} connections, {os.cpu_count()} CPUs, "
-              f"load average {load[0]:.2f} {load[1]:.2f} {load[2]:.2f}")
+        print(f"# N={n} enrollments per run, K={k} connections, {rounds} round(s), cheapest kept; "
+              f"{os.cpu_count()} CPUs, load average {load[0]:.2f} {load[1]:.2f} {load[2]:.2f}")
         print(f"# crypto floor now (CSR load + verify + P-256 signing, this process): "
               f"{_crypto_floor_us(bodies):.1f} us CPU per enrollment")
-        results: list[RunResult] = []
-        with open(Path(tmp) / "server.log", "wb") as log:
+        best: dict[tuple[str, str], RunResult] = {}
+        servers: list[ServerProcess] = []
+        log_path = Path(tmp) / "server.log"
+        with open(log_path, "wb") as log:
             try:
-                for adapter in ADAPTERS:
-                    results += bench_adapter(adapter, data_dir, bodies, n, k, log)
+                for kind in server_kinds(data_dir, args.workers):
+                    servers.append(ServerProcess(kind, log))
+                gens = {s.kind.name: LoadGenerator(s.port, data_dir / "ca.pem", bodies, k) for s in servers}
+                for s in servers:
+                    gens[s.kind.name].run(1, keepalive=True)  # pays the one scrypt check
+                    gens[s.kind.name].run(2 * k, keepalive=True)  # warm-up
+                for _ in range(rounds):
+                    for mode in ("keepalive", "newconn"):
+                        for s in servers:
+                            r = measure(s, gens[s.kind.name], mode, n)
+                            key = (r.server, mode)
+                            if key not in best or r.cpu_us < best[key].cpu_us:
+                                best[key] = r
+                rss = {s.kind.name: _peak_rss_mb(s.pid) for s in servers}
             except Exception:
                 log.flush()
-                sys.stderr.write((Path(tmp) / "server.log").read_text(errors="replace")[-4000:])
+                sys.stderr.write(log_path.read_text(errors="replace")[-4000:])
                 raise
-        for r in results:
-            print(f"{r.adapter:8s} {r.mode:10s} {r.per_second:8.1f} enroll/s  "
-                  f"server {r.cpu_us:7.1f} us CPU/enroll  peak RSS {r.peak_rss_mb:6.1f} MiB  "
-                  f"({r.enrollments} in {r.seconds:.2f} s)")
-        by = {(r.adapter, r.mode): r for r in results}
-        keepalive = [by[(a, "keepalive")] for a in ADAPTERS]
-        cpu_us = max(r.cpu_us for r in keepalive)
-        rss = max(r.peak_rss_mb for r in keepalive)
-        print("# server_cpu_us, peak_rss_mb: keep-alive runs, the larger of the two adapters")
+            finally:
+                for s in servers:
+                    s.stop()
+        names = [s.kind.name for s in servers]
+        for mode in ("keepalive", "newconn"):
+            bare = best[("bare", mode)]
+            for name in names:
+                r = best[(name, mode)]
+                label = "bare server" if name == "bare" else f"estproto serve ({name})"
+                print(f"{mode:10s} {label:32s} {r.per_second:8.1f} enroll/s  "
+                      f"server {r.cpu_us:7.1f} us CPU/enroll  x{r.cpu_us / bare.cpu_us:5.2f} bare  "
+                      f"peak RSS {rss[name]:6.1f} MiB")
+        cpu_us = max(best[(a, "keepalive")].cpu_us for a in ADAPTERS)
+        print("# server_cpu_us, peak_rss_mb: estproto serve keep-alive, the larger of the two frameworks")
         print("enroll_per_s "
-              + " ".join(f"{mode}_{a}={by[(a, mode)].per_second:.1f}"
+              + " ".join(f"{mode}_{a}={best[(a, mode)].per_second:.1f}"
                          for mode in ("keepalive", "newconn") for a in ADAPTERS)
-              + f" server_cpu_us={cpu_us:.1f} peak_rss_mb={rss:.1f}")
+              + f" server_cpu_us={cpu_us:.1f} peak_rss_mb={max(rss[a] for a in ADAPTERS):.1f}")
+        ratio = {mode: best[("trio", mode)].cpu_us / best[("bare", mode)].cpu_us
+                 for mode in ("keepalive", "newconn")}
+        print(f"loopback_ratio keepalive={ratio['keepalive']:.2f} newconn={ratio['newconn']:.2f}")
     return 0
 
 

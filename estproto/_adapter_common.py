@@ -67,6 +67,7 @@ from ._events import (
 )
 from ._paths import format_est_path
 from ._tls import ClientTLSContext
+from ._response_future import InlineHandler, ResponseFuture
 from .client import ClientConnection
 from .codecs import pkcs10
 from .codecs.csrattrs import CsrAttributes
@@ -139,14 +140,18 @@ SERVER_LOGGER = "estproto.server"
 #: Longest request-target kept in a log line (the rest is cut off).
 _MAX_LOGGED_TARGET = 200
 
-Handler = Callable[[ServerRequest], Union[ServerResponse, Awaitable[ServerResponse]]]
+Handler = Callable[[ServerRequest], Union[ServerResponse, Awaitable[ServerResponse], ResponseFuture]]
 """The application's answer to one EST request event.
 
-A coroutine function is awaited in the connection's task; a plain function
-runs in a worker thread (CA work blocks: SQLite, signing).
+A coroutine function is awaited in the connection's task; an
+:class:`~estproto.InlineHandler` is called on the event loop and may return
+a :class:`~estproto.ResponseFuture` that another thread finishes; any other
+plain function runs in a worker thread (CA work blocks: SQLite, HSMs).
 """
 
 RunSync = Callable[[Callable[[ServerRequest], Any], ServerRequest], Awaitable[Any]]
+#: The adapter's way to wait, on its loop, for a future another thread finishes.
+AwaitFuture = Callable[[ResponseFuture], Awaitable[None]]
 
 _T = TypeVar("_T")
 _Self = TypeVar("_Self", bound="ClientBase")
@@ -169,7 +174,7 @@ def _printable(text: str, limit: int = _MAX_LOGGED_TARGET) -> str:
 
 
 def make_handler_caller(
-    handler: Handler, run_sync: RunSync, logger: logging.Logger
+    handler: Handler, run_sync: RunSync, logger: logging.Logger, await_future: AwaitFuture,
 ) -> Callable[[ServerRequest], Awaitable[ServerResponse]]:
     """Wrap *handler* so that calling it never raises.
 
@@ -177,6 +182,7 @@ def make_handler_caller(
         handler: the application's handler.
         run_sync: the adapter's way to run a blocking function in a worker
             thread (with its capacity limit).
+        await_future: the adapter's way to wait for a ResponseFuture.
         logger: where a crashing handler is logged.
 
     Returns:
@@ -186,14 +192,21 @@ def make_handler_caller(
         traceback; the request's credentials are never logged).
     """
     is_async = _is_async_callable(handler)
+    inline = isinstance(handler, InlineHandler)
 
     async def call(event: ServerRequest) -> ServerResponse:
         try:
-            if is_async:
-                result: Any = await handler(event)  # type: ignore[misc]  # is_async checked it is a coroutine function
+            if inline:
+                result: Any = handler(event)
+            elif is_async:
+                result = await handler(event)  # type: ignore[misc]  # is_async checked it is a coroutine function
             else:
                 result = await run_sync(handler, event)
-            if inspect.isawaitable(result):
+            if isinstance(result, ResponseFuture):
+                if not result.done:
+                    await await_future(result)
+                result = result.result()
+            elif inspect.isawaitable(result):
                 result = await result
             if not isinstance(result, ServerResponse):
                 raise TypeError(f"handler returned {type(result).__name__}, not a ServerResponse")

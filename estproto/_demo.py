@@ -83,7 +83,7 @@ async def _main(data_dir: Path, out: TextIO) -> int:
         try:
             async with trio.open_nursery() as nursery:
                 server = await nursery.start(
-                    functools.partial(est_trio.serve, ca.handler(), config, "127.0.0.1", 0)
+                    functools.partial(est_trio.serve, ca.inline_handler(), config, "127.0.0.1", 0)
                 )
                 port = server.port
                 say(f"2. estproto serve --data-dir {data_dir} --host 127.0.0.1 --port 0")

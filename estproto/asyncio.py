@@ -48,6 +48,7 @@ import logging
 import socket
 from typing import Any, Awaitable, Callable, Sequence
 
+from ._response_future import ResponseFuture
 from ._adapter_common import (
     ACCEPT_RETRY_DELAY,
     CLOSE_TIMEOUT,
@@ -274,7 +275,7 @@ class ESTServer:
             max_workers=handler_threads, thread_name_prefix="estproto-handler"
         )
         self._slots = asyncio.Semaphore(max_connections)
-        self._call = make_handler_caller(handler, self._run_sync, logger)
+        self._call = make_handler_caller(handler, self._run_sync, logger, self._await_future)
         self._listeners: list[socket.socket] = []
         self._accepting: list[asyncio.Task[None]] = []
         self._tasks: dict[asyncio.Task[None], _Connection | None] = {}
@@ -292,6 +293,23 @@ class ESTServer:
         return await self._loop.run_in_executor(
             self._executor, functools.partial(context.run, fn, event)
         )
+
+    async def _await_future(self, future: ResponseFuture) -> None:
+        loop = self._loop
+        finished: asyncio.Future[None] = loop.create_future()
+
+        def settle() -> None:  # on the loop
+            if not finished.done():
+                finished.set_result(None)
+
+        def wake() -> None:  # in the thread that finished the future
+            try:
+                loop.call_soon_threadsafe(settle)
+            except RuntimeError:
+                pass  # the loop is closed; nobody waits any more
+
+        future.on_done(wake)
+        await finished
 
     # -- lifecycle -----------------------------------------------------------
 

@@ -41,6 +41,7 @@ from typing import Any, Callable, Sequence
 
 import trio
 
+from ._response_future import ResponseFuture
 from ._adapter_common import (
     ACCEPT_RETRY_DELAY,
     CLOSE_TIMEOUT,
@@ -194,7 +195,7 @@ class ESTServer:
         self._log = logger
         self._limiter = trio.CapacityLimiter(handler_threads)
         self._slots = trio.Semaphore(max_connections)
-        self._call = make_handler_caller(handler, self._run_sync, logger)
+        self._call = make_handler_caller(handler, self._run_sync, logger, self._await_future)
         self._connections: set[_Connection] = set()
         self._stop = trio.Event()
         self._stopped = trio.Event()
@@ -219,6 +220,20 @@ class ESTServer:
         # keeps running to its end, but the connection no longer waits.
         options: dict[str, Any] = {_ABANDON: True}
         return await trio.to_thread.run_sync(fn, event, limiter=self._limiter, **options)
+
+    @staticmethod
+    async def _await_future(future: ResponseFuture) -> None:
+        token = trio.lowlevel.current_trio_token()
+        finished = trio.Event()
+
+        def wake() -> None:  # in the thread that finished the future
+            try:
+                token.run_sync_soon(finished.set)
+            except trio.RunFinishedError:
+                pass  # the server is gone; nobody waits any more
+
+        future.on_done(wake)
+        await finished.wait()
 
     # -- accepting -----------------------------------------------------------
 

@@ -64,10 +64,14 @@ def ca(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EmbeddedCA]:
         yield c
 
 
-@pytest.fixture(scope="module")
-def server(ca: EmbeddedCA) -> Iterator[ServerThread]:
+@pytest.fixture(scope="module", params=["blocking", "inline"])
+def server(ca: EmbeddedCA, request: pytest.FixtureRequest) -> Iterator[ServerThread]:
+    # Both handlers: the blocking one in worker threads, and the inline one
+    # estproto serve runs (its fast path must refuse exactly what the
+    # blocking path refuses).
     config = ServerConfig(tls=ca.server_tls_context(), est=ca.est_settings())
-    with ServerThread("trio", ca.handler(), config) as srv:
+    handler = ca.handler() if request.param == "blocking" else ca.inline_handler()
+    with ServerThread("trio", handler, config) as srv:
         yield srv
 
 

@@ -98,6 +98,7 @@ from .._events import (
     SimpleReenrollRequest,
 )
 from .._paths import WELL_KNOWN_PREFIX, Operation, format_est_path
+from .._response_future import InlineHandler, ResponseFuture
 from .._tls import ServerTLSContext
 from ..codecs import cmc, pkcs10, serverkey
 from ..codecs.csrattrs import (
@@ -437,6 +438,35 @@ def _end_entity_key_usage(key: object) -> x509.KeyUsage:
     )
 
 
+@dataclass(frozen=True)
+class _Draft:
+    """A certificate ready to sign but for its serial number (drawn anew
+    on each :meth:`sign`, should the store find it taken)."""
+
+    ca: EmbeddedCA
+    builder: x509.CertificateBuilder
+    csr: pkcs10.CertificationRequest
+    sans: list[x509.GeneralName]
+    not_after: datetime.datetime
+    principal: Principal
+    label: str
+    operation: Operation
+    request_der: bytes
+
+    def sign(self) -> tuple[x509.Certificate, IssuedRecord]:
+        key = self.ca._issuer_key
+        cert = self.builder.serial_number(x509.random_serial_number()).sign(key, _hash_for(key))
+        record = self.ca._record_from(
+            cert, subject=self.csr.subject, sans=self.sans, not_after=self.not_after,
+            requester=self.principal.name, request_der=self.request_der, label=self.label,
+            operation=self.operation.value)
+        return cert, record
+
+    def log_issued(self, record: IssuedRecord) -> None:
+        _log.info("issued serial %s to %s (%s, subject %s)", record.serial, self.principal.name,
+                  self.operation.value, record.subject)
+
+
 class EmbeddedCA(CABackend):
     """The embedded CA backend (use :meth:`init` or :meth:`open`).
 
@@ -710,6 +740,15 @@ class EmbeddedCA(CABackend):
 
         return make_handler(self)
 
+    def inline_handler(self) -> InlineHandler:
+        """``make_inline_handler(self)``: the handler ``estproto serve`` runs.
+        A /simpleenroll with recently verified Basic credentials is signed on
+        the event loop and answered once the store's committer has made its
+        record durable (:meth:`answer_inline`); the rest runs in threads."""
+        from .backend import make_inline_handler
+
+        return make_inline_handler(self)
+
     def server_tls_context(self, **kwargs: Any) -> ServerTLSContext:
         """The TLS context of the EST endpoint.
 
@@ -940,6 +979,35 @@ class EmbeddedCA(CABackend):
                       request.operation.value, facts.peer or "-")
         return self._refuse()
 
+    def answer_inline(self, request: ServerRequest) -> ServerResponse | ResponseFuture | None:
+        """The fast path, for a server's event loop (see
+        :func:`~estproto.ca.backend.make_handler`): a /simpleenroll whose
+        Basic credentials passed the password check recently, with manual
+        approval off and no client certificate to look up, is authorized
+        from the cache and signed here; the store's committer makes its
+        record durable and only then finishes the returned future with the
+        certificate. Anything else returns None: the blocking path, in a
+        worker thread, decides (scrypt, store reads, key generation).
+        """
+        if not isinstance(request, SimpleEnrollRequest) or self.settings.manual_approval:
+            return None
+        creds = request.credentials
+        if not isinstance(creds, auth.BasicCredentials) or not self._basic_offered:
+            return None
+        if self.settings.accept_certificates and request.facts.client_certificate is not None:
+            return None  # authorize() prefers the certificate: a store read
+        if not self._basic_cached(self._basic_cache_key(creds), time.monotonic()):
+            return None
+        principal = Principal(f"user:{creds.username}", "basic")
+        try:
+            self._check_label(request.label)
+        except LookupError:
+            return ErrorResponse(404, "unknown CA label")
+        try:
+            return self._issue_later(request.csr, principal, request.label, Operation.SIMPLEENROLL)
+        except _Refused as exc:
+            return ErrorResponse(exc.status, exc.reason)
+
     @staticmethod
     def _digest_uri(request: ServerRequest, sent: str) -> str:
         """The request-target Digest must match (RFC 7616 3.4.6).
@@ -962,20 +1030,29 @@ class EmbeddedCA(CABackend):
             return None
         return {"SHA-256": user.ha1_sha256, "MD5": user.ha1_md5}.get(algorithm)
 
-    def _check_basic(self, creds: auth.BasicCredentials) -> bool:
-        ttl = self.settings.basic_cache_seconds
-        key = hmac.new(
+    def _basic_cache_key(self, creds: auth.BasicCredentials) -> bytes:
+        return hmac.new(
             self._cache_secret,
             _lp(creds.username.encode("utf-8", "surrogatepass"),
                 creds.password.encode("utf-8", "surrogatepass")),
             hashlib.sha256,
         ).digest()
+
+    def _basic_cached(self, key: bytes, now: float) -> bool:
+        """Whether these credentials passed the password check within
+        ``basic_cache_seconds`` (no store read, no scrypt)."""
+        if self.settings.basic_cache_seconds <= 0:
+            return False
+        with self._cache_lock:
+            expiry = self._basic_cache.get(key)
+        return expiry is not None and expiry > now
+
+    def _check_basic(self, creds: auth.BasicCredentials) -> bool:
+        ttl = self.settings.basic_cache_seconds
+        key = self._basic_cache_key(creds)
         now = time.monotonic()
-        if ttl > 0:
-            with self._cache_lock:
-                expiry = self._basic_cache.get(key)
-            if expiry is not None and expiry > now:
-                return True
+        if self._basic_cached(key, now):
+            return True
         user = self.store.get_user(creds.username)
         # An unknown user is checked against a dummy hash: same cost.
         ok = auth.check_password_hash(user.password_hash if user else None, creds.password)
@@ -1070,6 +1147,66 @@ class EmbeddedCA(CABackend):
             _Refused: the profile refuses the request.
             StoreError: not recorded (then it is not returned either).
         """
+        draft = self._draft(csr, principal, label, operation, public_key, request_der)
+        for _ in range(_SERIAL_ATTEMPTS):
+            cert, record = draft.sign()
+            try:
+                self.store.record_issued(record, pending_id=pending_id)
+            except DuplicateSerialError:
+                _log.warning("serial number collision on %s; drawing another", record.serial)
+                continue
+            draft.log_issued(record)
+            return cert
+        raise StoreError("could not find an unused serial number")
+
+    def _issue_later(
+        self, csr: pkcs10.CertificationRequest, principal: Principal, label: str, operation: Operation,
+    ) -> ResponseFuture:
+        """:meth:`_issue` without blocking: signs now, and the future gets
+        the CertificateResponse once the store's committer has made the
+        record durable (or the StoreError saying it did not).
+
+        Raises:
+            _Refused: the profile refuses the request.
+            StoreError: the store is closed.
+        """
+        draft = self._draft(csr, principal, label, operation, None, None)
+        future = ResponseFuture()
+        attempts = 0
+
+        def attempt() -> None:
+            nonlocal attempts
+            attempts += 1
+            cert, record = draft.sign()
+
+            def committed(error: BaseException | None) -> None:  # on the committer
+                if error is None:
+                    draft.log_issued(record)
+                    future.set_response(CertificateResponse(cert))
+                elif isinstance(error, DuplicateSerialError) and attempts < _SERIAL_ATTEMPTS:
+                    _log.warning("serial number collision on %s; drawing another", record.serial)
+                    try:
+                        attempt()
+                    except BaseException as exc:
+                        future.set_error(exc)
+                else:
+                    future.set_error(error if not isinstance(error, DuplicateSerialError)
+                                     else StoreError("could not find an unused serial number"))
+
+            self.store.record_issued_later(record, committed)
+
+        attempt()
+        return future
+
+    def _draft(
+        self, csr: pkcs10.CertificationRequest, principal: Principal, label: str, operation: Operation,
+        public_key: CertificatePublicKeyTypes | None, request_der: bytes | None,
+    ) -> _Draft:
+        """Everything of the certificate for *csr* but its serial number.
+
+        Raises:
+            _Refused: the profile refuses the request.
+        """
         key = csr.public_key if public_key is None else public_key
         self._check_key(key)
         profile = self.settings.profile
@@ -1105,23 +1242,8 @@ class EmbeddedCA(CABackend):
                     x509.UnrecognizedExtension(x509.ObjectIdentifier(ext.oid), ext.value_der),
                     critical=ext.critical,
                 )
-        request_der = csr.der if request_der is None else request_der
-        for _ in range(_SERIAL_ATTEMPTS):
-            cert = builder.serial_number(x509.random_serial_number()).sign(
-                self._issuer_key, _hash_for(self._issuer_key)
-            )
-            record = self._record_from(
-                cert, subject=csr.subject, sans=sans, not_after=not_after, requester=principal.name,
-                request_der=request_der, label=label, operation=operation.value)
-            try:
-                self.store.record_issued(record, pending_id=pending_id)
-            except DuplicateSerialError:
-                _log.warning("serial number collision on %s; drawing another", record.serial)
-                continue
-            _log.info("issued serial %s to %s (%s, subject %s)", record.serial, principal.name,
-                      operation.value, cert.subject.rfc4514_string())
-            return cert
-        raise StoreError("could not find an unused serial number")
+        return _Draft(self, builder, csr, sans, not_after, principal, label, operation,
+                      csr.der if request_der is None else request_der)
 
     def _gate(
         self, csr: pkcs10.CertificationRequest, principal: Principal, label: str, operation: Operation,

@@ -28,9 +28,10 @@ block on its database or on an HSM). It fixes the order every backend gets:
 from __future__ import annotations
 
 import abc
+import concurrent.futures
 import logging
 from dataclasses import dataclass
-from typing import Callable, Mapping
+from typing import Any, Callable, Mapping
 
 from cryptography import x509
 
@@ -53,13 +54,18 @@ from .._events import (
     SimpleReenrollRequest,
 )
 from .._paths import Operation
+from .._response_future import InlineHandler, ResponseFuture
 from ..codecs.csrattrs import CsrAttributes
 from .store import StoreError
 
-__all__ = ["Principal", "CABackend", "make_handler", "Handler"]
+__all__ = ["Principal", "CABackend", "make_handler", "make_inline_handler", "Handler"]
 
 #: What the trio/asyncio servers call for each request.
 Handler = Callable[[ServerRequest], ServerResponse]
+
+#: Threads of an inline handler's pool, for the requests without a fast path
+#: (password checks, store reads, key generation).
+INLINE_HANDLER_THREADS = 8
 
 _log = logging.getLogger("estproto.ca")
 
@@ -133,6 +139,15 @@ class CABackend(abc.ABC):
     def reenroll(self, request: SimpleReenrollRequest, principal: Principal) -> ServerResponse:
         """Answer /simplereenroll (RFC 7030 4.2.2)."""
 
+    def answer_inline(self, request: ServerRequest) -> ServerResponse | ResponseFuture | None:
+        """Answer *request* on the server's event loop, if that can be done
+        without blocking; None (the default) sends it down the blocking
+        path. Used by ``make_handler(backend, inline=True)``: a response, or
+        a :class:`~estproto.ResponseFuture` another thread finishes (e.g.
+        after a commit). Must not block, and must authorize as
+        :meth:`authorize` would."""
+        return None
+
     def serverkeygen(self, request: ServerKeygenRequest, principal: Principal) -> ServerResponse:
         """Answer /serverkeygen (RFC 7030 4.4); optional, 501 by default."""
         return ErrorResponse(501, "server-side key generation is not offered")
@@ -160,7 +175,8 @@ def _describe(request: ServerRequest) -> str:
 
 
 def make_handler(backend: CABackend, *, logger: logging.Logger | None = None) -> Handler:
-    """Build the request handler for the trio/asyncio servers.
+    """Build the request handler for the trio/asyncio servers (run in
+    their worker threads).
 
     Args:
         backend: the CA backend.
@@ -172,7 +188,81 @@ def make_handler(backend: CABackend, *, logger: logging.Logger | None = None) ->
         traceback (which holds no request secrets: credentials never reach
         exception messages).
     """
+    return _blocking_handler(backend, logger or _log)
+
+
+def make_inline_handler(
+    backend: CABackend, *, logger: logging.Logger | None = None, threads: int = INLINE_HANDLER_THREADS,
+) -> InlineHandler:
+    """The handler of :func:`make_handler` as an :class:`~estproto.InlineHandler`:
+    the server calls it on its event loop; it tries
+    :meth:`CABackend.answer_inline` and runs everything else (the blocking
+    path) in a pool of *threads* of its own, answering with a future. This
+    saves the hand-off to a worker thread and back on every request the
+    backend has a fast path for. Failures become 500/503 as there.
+    """
     log = logger or _log
+    blocking = _blocking_handler(backend, log)
+    pool = concurrent.futures.ThreadPoolExecutor(threads, thread_name_prefix="estproto-ca")
+
+    def in_thread(request: ServerRequest) -> ResponseFuture:
+        future = ResponseFuture()
+
+        def run() -> None:
+            try:
+                response = blocking(request)
+            except BaseException as exc:  # blocking() maps errors; this is a last resort
+                future.set_error(exc)
+            else:
+                future.set_response(response)
+
+        pool.submit(run)
+        return future
+
+    def checked(request: ServerRequest, inner: ResponseFuture) -> ResponseFuture:
+        outer = ResponseFuture()
+
+        def finished() -> None:  # on the thread that finished *inner*
+            outer.set_response(_answer(request, log, inner.result))
+
+        inner.on_done(finished)
+        return outer
+
+    def handler(request: ServerRequest) -> ServerResponse | ResponseFuture:
+        answer = _answer(request, log, lambda: backend.answer_inline(request), allow_none=True)
+        if answer is None:
+            return in_thread(request)
+        if isinstance(answer, ResponseFuture):
+            return checked(request, answer)
+        assert isinstance(answer, ServerResponse)
+        return answer
+
+    return InlineHandler(handler)
+
+
+def _answer(
+    request: ServerRequest, log: logging.Logger, produce: Callable[[], Any], *, allow_none: bool = False,
+) -> Any:
+    """What *produce* answers to *request*, its failures and wrong kinds of
+    response turned into 5xx as the blocking handler does."""
+    try:
+        response = produce()
+        if response is None and allow_none:
+            return None
+        if isinstance(response, ResponseFuture):
+            return response
+        if not isinstance(response, _ALLOWED.get(request.operation, _COMMON)):
+            raise TypeError(f"backend answered {request.operation.value} with {type(response).__name__}")
+        return response
+    except StoreError:
+        log.exception("certificate store failure on %s", _describe(request))
+        return ErrorResponse(503, "certificate store unavailable, try again later")
+    except Exception:
+        log.exception("CA backend failure on %s", _describe(request))
+        return ErrorResponse(500, "internal CA error")
+
+
+def _blocking_handler(backend: CABackend, log: logging.Logger) -> Handler:
 
     def handler(request: ServerRequest) -> ServerResponse:
         try:

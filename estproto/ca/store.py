@@ -44,11 +44,14 @@ is migrated in place, inside one transaction.
 from __future__ import annotations
 
 import abc
+import concurrent.futures
 import datetime
 import enum
+import logging
 import os
 import sqlite3
 import threading
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Final, Sequence, TypeVar
@@ -73,10 +76,27 @@ __all__ = [
 
 T = TypeVar("T")
 
+_log = logging.getLogger("estproto.store")
+_pool: concurrent.futures.ThreadPoolExecutor | None = None
+_pool_lock = threading.Lock()
+
+
+def _default_pool() -> concurrent.futures.ThreadPoolExecutor:
+    """Threads for :meth:`Store.record_issued_later`'s default."""
+    global _pool
+    with _pool_lock:
+        if _pool is None:
+            _pool = concurrent.futures.ThreadPoolExecutor(4, thread_name_prefix="estproto-store")
+        return _pool
+
 #: Default longest batch a commit covers. Bounds the latency of the last job
 #: of a batch and the size of one transaction; 256 enrollments is ~40 ms of
 #: signing on this machine's two cores, far above what a batch reaches.
 MAX_BATCH: Final = 256
+
+#: Default ``caller_commit_limit``: a commit slower than this on average
+#: (a slow or remote disk) is never made on the caller's thread.
+CALLER_COMMIT_LIMIT: Final = 0.002
 
 #: Seconds a writer waits for a lock held by another process's writer
 #: (``serve --workers N``) before the job fails with "database is locked".
@@ -264,6 +284,31 @@ class Store(abc.ABC):
             StoreError: the record could not be committed.
         """
 
+    def record_issued_later(
+        self, record: IssuedRecord, done: Callable[[BaseException | None], None],
+    ) -> None:
+        """:meth:`record_issued` for callers that must not wait long (a
+        server's event loop): calls ``done(None)`` once the record is
+        durable, or ``done(error)`` (the exception :meth:`record_issued`
+        would raise), either in another thread after returning, or before
+        returning when the store can commit at once and quickly.
+
+        This default runs :meth:`record_issued` in a small thread pool; a
+        store with a committer of its own does better.
+
+        Raises:
+            StoreError: the store is closed (nothing was recorded).
+        """
+        def job() -> None:
+            try:
+                self.record_issued(record)
+            except BaseException as exc:
+                done(exc)
+            else:
+                done(None)
+
+        _default_pool().submit(job)
+
     @abc.abstractmethod
     def get_issued(self, serial: str) -> IssuedRecord | None:
         """The record of *serial* (hex), or None."""
@@ -426,25 +471,37 @@ def _describe(exc: BaseException) -> str:
 
 
 class _Job:
-    """One write for the group committer, and its caller's wake-up."""
+    """One write for the group committer, and its caller's wake-up: a
+    blocked caller's lock, or the callback of a caller that did not wait."""
 
-    __slots__ = ("fn", "finished", "_lock", "result", "error")
+    __slots__ = ("fn", "finished", "_lock", "result", "error", "callback")
 
-    def __init__(self, fn: Callable[[sqlite3.Connection], object]) -> None:
+    def __init__(
+        self, fn: Callable[[sqlite3.Connection], object],
+        callback: Callable[[BaseException | None], None] | None = None,
+    ) -> None:
         self.fn = fn
         self.finished = False
+        self.callback = callback
         # Held until the job is finished. A bare lock, not a threading.Event:
         # waking the caller costs one release instead of a Condition's
         # notify with its own extra lock, on every write.
         self._lock = threading.Lock()
-        self._lock.acquire()
+        if callback is None:
+            self._lock.acquire()
         self.result: object = None
         self.error: BaseException | None = None
 
     def finish(self) -> None:
         """Mark the job finished and wake its caller (called exactly once)."""
         self.finished = True
-        self._lock.release()
+        if self.callback is None:
+            self._lock.release()
+            return
+        try:
+            self.callback(self.error)
+        except Exception:  # a caller's bug must not stop the committer
+            _log.exception("store completion callback failed")
 
     def promote(self) -> None:
         """Wake the caller, unfinished: it is now the committer."""
@@ -469,6 +526,11 @@ class SQLiteStore(Store):
             batch is whatever queued while the previous commit ran, which
             is what makes batches grow under load.
         max_batch: most jobs per commit.
+        caller_commit_limit: seconds; while commits take less than this
+            (a moving average), :meth:`record_issued_later` commits on the
+            caller's own thread when no commit is under way, instead of
+            handing the job to the committer thread (see there). 0: always
+            the committer thread.
         max_pages: cap the database size in pages (``PRAGMA max_page_count``):
             a quota, and a way to exercise the disk-full path.
         busy_timeout: seconds to wait for another process's write lock.
@@ -486,6 +548,7 @@ class SQLiteStore(Store):
         group_commit: bool = True,
         commit_window: float = 0.0,
         max_batch: int = MAX_BATCH,
+        caller_commit_limit: float = CALLER_COMMIT_LIMIT,
         max_pages: int | None = None,
         busy_timeout: float = BUSY_TIMEOUT,
     ) -> None:
@@ -496,6 +559,9 @@ class SQLiteStore(Store):
         self._max_pages = max_pages
         self._window = commit_window
         self._max_batch = max_batch if group_commit else 1
+        self._caller_commit_limit = caller_commit_limit
+        #: Moving average of a commit's wall time, seconds.
+        self.commit_seconds = 0.0
         self._closed = False
         self._readers: list[sqlite3.Connection] = []
         self._readers_lock = threading.Lock()
@@ -508,6 +574,10 @@ class SQLiteStore(Store):
         self._changed = threading.Condition(self._mutex)
         self._waiting: list[_Job] = []
         self._committing = False
+        # Commits for callers that do not wait (record_issued_later) run on
+        # this thread, started at the first such job.
+        self._committer: threading.Thread | None = None
+        self._committer_go = threading.Semaphore(0)
         #: Commits made and jobs they covered (jobs / commits = mean batch).
         self.commits = 0
         self.jobs = 0
@@ -636,6 +706,38 @@ class SQLiteStore(Store):
             raise job.error
         return job.result  # type: ignore[return-value]  # the leader stored fn's return value
 
+    def _submit_later(self, fn: Callable[[sqlite3.Connection], object],
+                      done: Callable[[BaseException | None], None]) -> None:
+        """Queue *fn* and return at once; ``done(error or None)`` runs after
+        its commit, on the committer that made it."""
+        job = _Job(fn, done)
+        with self._mutex:
+            if self._closed:
+                raise StoreError("the store is closed")
+            self._waiting.append(job)
+            lead = not self._committing
+            self._committing = True
+            if self._window and len(self._waiting) >= self._max_batch:
+                self._changed.notify_all()
+            if lead:
+                self._hand_to_committer()
+
+    def _hand_to_committer(self) -> None:
+        """Make the committer thread lead the next batch (``_mutex`` held)."""
+        if self._committer is None:
+            self._committer = threading.Thread(
+                target=self._commit_forever, name="estproto-store-committer", daemon=True)
+            self._committer.start()
+        self._committer_go.release()
+
+    def _commit_forever(self) -> None:
+        while True:
+            self._committer_go.acquire()
+            with self._mutex:
+                if not self._committing:
+                    return  # close(): nothing left to lead
+            self._lead()
+
     def _lead(self) -> None:
         """Commit one batch (the oldest waiting jobs, ours first among
         them), then pass the committer role on or give it up."""
@@ -655,7 +757,10 @@ class SQLiteStore(Store):
                     job.finish()
             with self._mutex:
                 if self._waiting:
-                    self._waiting[0].promote()
+                    if self._waiting[0].callback is None:
+                        self._waiting[0].promote()
+                    else:
+                        self._hand_to_committer()  # nobody waits on that one
                 else:
                     self._committing = False
                     self._changed.notify_all()
@@ -666,6 +771,7 @@ class SQLiteStore(Store):
         # single jobs, and each statement is a GIL release and reacquire.
         single = len(batch) == 1
         done: list[_Job] = []
+        started = time.perf_counter()
         try:
             conn.execute("BEGIN IMMEDIATE")
             for job in batch:
@@ -695,6 +801,7 @@ class SQLiteStore(Store):
                 conn.execute("COMMIT")
                 self.commits += 1
                 self.jobs += len(done)
+                self.commit_seconds += (time.perf_counter() - started - self.commit_seconds) * 0.2
         except Exception as exc:
             # The transaction is lost (disk full, I/O error ...): nobody in
             # this batch may believe their write happened.
@@ -730,6 +837,11 @@ class SQLiteStore(Store):
             self._closed = True
             # Jobs already queued are committed; then the write connection is free.
             self._changed.wait_for(lambda: not self._committing)
+            committer = self._committer
+            if committer is not None:
+                self._committer_go.release()  # finds nothing to lead: ends
+        if committer is not None:
+            committer.join()
         self._writer.close()
         with self._readers_lock:
             for conn in self._readers:
@@ -764,6 +876,35 @@ class SQLiteStore(Store):
         )
 
     def record_issued(self, record: IssuedRecord, *, pending_id: int | None = None) -> None:
+        self._submit(self._issued_job(record, pending_id))
+
+    def record_issued_later(
+        self, record: IssuedRecord, done: Callable[[BaseException | None], None],
+    ) -> None:
+        # Errors reach *done* as record_issued would raise them.
+        def translated(error: BaseException | None) -> None:
+            done(None if error is None else self._translate(error)
+                 if isinstance(error, sqlite3.Error) else error)
+
+        job = self._issued_job(record, None)
+        if self._caller_commit_limit > 0 and self.commit_seconds < self._caller_commit_limit \
+                and not self._committing:
+            # Measured (benchmarks/bench_loopback.py): handing a job to the
+            # committer thread and waking the event loop afterwards costs
+            # more CPU than a fast local commit (~0.2 ms, less than signing
+            # the certificate), so the caller commits itself. A slow disk
+            # pushes the average over the limit, and then the loop is never
+            # blocked for a commit: the committer thread takes them.
+            try:
+                self._submit(job)
+            except BaseException as exc:
+                done(exc)
+            else:
+                done(None)
+            return
+        self._submit_later(job, translated)
+
+    def _issued_job(self, record: IssuedRecord, pending_id: int | None) -> Callable[[sqlite3.Connection], None]:
         values = (
             record.serial, record.der, record.subject, record.san, record.requester,
             record.request_der, record.label, record.operation, _ts(record.issued_at),
@@ -783,7 +924,7 @@ class SQLiteStore(Store):
                 if cur.rowcount != 1:
                     raise StateError(f"pending request {pending_id} is no longer approved")
 
-        self._submit(job)
+        return job
 
     def get_issued(self, serial: str) -> IssuedRecord | None:
         rows = self._read(f"SELECT {self._ISSUED_COLUMNS} FROM issued WHERE serial=?", (serial,))

@@ -399,6 +399,10 @@ def setup_logging(verbose: int, *, with_pid: bool = False) -> None:
         with_pid: put the process id in each line (``serve --workers``).
     """
     pid = "[%(process)d] " if with_pid else ""
+    # What the format does not show need not be gathered for every record.
+    logging.logThreads = False
+    logging.logMultiprocessing = False
+    logging.logProcesses = with_pid
     logging.basicConfig(
         level=logging.DEBUG if verbose else logging.INFO,
         format=f"%(asctime)s {pid}%(levelname)s %(name)s: %(message)s",

@@ -293,11 +293,11 @@ def _serve_one(args: argparse.Namespace) -> int:
             if args.framework == "asyncio":
                 import asyncio
 
-                asyncio.run(runner(ca.handler(), config, args.host, args.port, args.reuse_port, ready))
+                asyncio.run(runner(ca.inline_handler(), config, args.host, args.port, args.reuse_port, ready))
             else:
                 import trio
 
-                trio.run(runner, ca.handler(), config, args.host, args.port, args.reuse_port, ready)
+                trio.run(runner, ca.inline_handler(), config, args.host, args.port, args.reuse_port, ready)
         except Exception as exc:
             # trio raises a bind failure inside an exception group (nursery).
             inner = _only_exception(exc)

@@ -14,7 +14,9 @@ or a :class:`ResponseFuture` that some other thread finishes later (e.g.
 after the commit). The server then waits for the future without holding a
 thread: the finishing thread wakes the loop with the framework's own
 thread-safe call (``TrioToken.run_sync_soon``,
-``loop.call_soon_threadsafe``).
+``loop.call_soon_threadsafe``). A future may also carry a ``flush``: work
+the server runs on its loop after the other ready requests had their turn
+(one checkpoint), such as one commit for all the enrollments signed meanwhile.
 
 Framework-neutral: nothing here imports trio or asyncio.
 """
@@ -32,11 +34,21 @@ __all__ = ["ResponseFuture", "InlineHandler"]
 class ResponseFuture:
     """A response that another thread finishes: once, with a response or an
     exception. Callbacks registered with :meth:`on_done` run exactly once,
-    in the finishing thread (or at once, if already finished)."""
+    in the finishing thread (or at once, if already finished).
 
-    __slots__ = ("_lock", "_finished", "_response", "_error", "_callbacks")
+    Attributes:
+        flush: None, or work the server must run (once, on its event loop)
+            before waiting: it lets the other requests that are ready run
+            first, then calls ``flush()``, which may finish the future. The
+            embedded CA uses it to commit the records of all the enrollments
+            signed in one turn of the loop together (group commit without a
+            thread hand-off).
+    """
+
+    __slots__ = ("_lock", "_finished", "_response", "_error", "_callbacks", "flush")
 
     def __init__(self) -> None:
+        self.flush: Callable[[], None] | None = None
         self._lock = threading.Lock()
         self._finished = False
         self._response: ServerResponse | None = None

@@ -88,23 +88,38 @@ def test_a_future_finishes_once_and_calls_back_once() -> None:
 # -- the store ------------------------------------------------------------------------
 
 
-def test_an_idle_store_commits_on_the_callers_thread(tmp_path: Path) -> None:
+def test_a_fast_store_leaves_the_commit_to_the_callers_flush(tmp_path: Path) -> None:
     with SQLiteStore(tmp_path / "s.db") as store:
-        done = Done()
-        store.record_issued_later(record("a1"), done)
-        # Finished before returning, here: nothing else was committing.
-        assert done.calls == [(None, threading.current_thread().name)]
-        assert store.get_issued("a1") is not None
+        dones = [Done() for _ in range(5)]
+        flushes = [store.record_issued_later(record(f"a{i}"), d) for i, d in enumerate(dones)]
+        assert all(f is not None for f in flushes)
+        assert not any(d.calls for d in dones)  # nothing is durable yet: nobody answered
+        commits = store.commits
+        flushes[0]()  # type: ignore[misc]
+        # One commit for the five, on this thread, before flush returned.
+        assert store.commits == commits + 1
+        assert all(d.calls == [(None, threading.current_thread().name)] for d in dones)
+        assert store.get_issued("a4") is not None
+        flushes[1]()  # type: ignore[misc]  # nothing left: no commit
+        assert store.commits == commits + 1
         again = Done()
-        store.record_issued_later(record("a1"), again)
+        flush = store.record_issued_later(record("a1"), again)
+        assert flush is not None
+        flush()
         assert isinstance(again.calls[0][0], DuplicateSerialError)
+        unflushed = Done()
+        store.record_issued_later(record("a9"), unflushed)
+    # close() commits what a caller never flushed.
+    assert unflushed.calls and unflushed.calls[0][0] is None
+    with SQLiteStore(tmp_path / "s.db") as reopened:
+        assert reopened.get_issued("a9") is not None
 
 
 def test_slow_commits_go_to_the_committer_thread(tmp_path: Path) -> None:
     with SQLiteStore(tmp_path / "s.db") as store:
         store.commit_seconds = 1.0  # as if the disk were slow
         done = Done()
-        store.record_issued_later(record("b1"), done)
+        assert store.record_issued_later(record("b1"), done) is None
         assert done.event.wait(10)
         error, thread = done.calls[0]
         assert error is None and thread == "estproto-store-committer"
@@ -140,8 +155,9 @@ def test_the_committer_batches_and_records_everything_once(tmp_path: Path) -> No
     assert store.jobs == 201 and store.commits <= 201
     with SQLiteStore(path) as reopened:
         assert reopened.count_issued() == 201
-    with pytest.raises(StoreError):
-        store.record_issued_later(record("late"), Done())
+    late = Done()
+    store.record_issued_later(record("late"), late)
+    assert late.event.wait(10) and isinstance(late.calls[0][0], StoreError)
 
 
 # -- the embedded CA's fast path -----------------------------------------------
@@ -172,8 +188,14 @@ def test_only_recently_checked_passwords_take_the_fast_path(ca: EmbeddedCA) -> N
     assert ca.answer_inline(first) is None
     assert isinstance(ca.handler()(first), CertificateResponse)
     future = ca.answer_inline(_enroll("fast-1"))
-    assert isinstance(future, ResponseFuture) and future.done
-    assert _serial_recorded(ca, future.result())
+    other = ca.answer_inline(_enroll("fast-1b"))
+    assert isinstance(future, ResponseFuture) and isinstance(other, ResponseFuture)
+    assert not future.done and future.flush is not None  # not before its commit
+    commits = ca.store.commits
+    future.flush()
+    # One commit covered both enrollments signed before the flush.
+    assert future.done and other.done and ca.store.commits == commits + 1
+    assert _serial_recorded(ca, future.result()) and _serial_recorded(ca, other.result())
     # A wrong password is not in the cache, whoever the user is.
     assert ca.answer_inline(_enroll("fast-2", password="wrong")) is None
     # A client certificate is looked up in the store: not on the loop.

@@ -1178,6 +1178,7 @@ class EmbeddedCA(CABackend):
             nonlocal attempts
             attempts += 1
             cert, record = draft.sign()
+            first = attempts == 1
 
             def committed(error: BaseException | None) -> None:  # on the committer
                 if error is None:
@@ -1193,7 +1194,12 @@ class EmbeddedCA(CABackend):
                     future.set_error(error if not isinstance(error, DuplicateSerialError)
                                      else StoreError("could not find an unused serial number"))
 
-            self.store.record_issued_later(record, committed)
+            flush = self.store.record_issued_later(record, committed)
+            if flush is not None:
+                if first:
+                    future.flush = flush  # the server calls it once others had their turn
+                else:
+                    flush()  # a redraw, from within a commit: queued for the next one
 
         attempt()
         return future

@@ -226,6 +226,7 @@ def make_inline_handler(
             outer.set_response(_answer(request, log, inner.result))
 
         inner.on_done(finished)
+        outer.flush = inner.flush
         return outer
 
     def handler(request: ServerRequest) -> ServerResponse | ResponseFuture:

@@ -286,12 +286,18 @@ class Store(abc.ABC):
 
     def record_issued_later(
         self, record: IssuedRecord, done: Callable[[BaseException | None], None],
-    ) -> None:
-        """:meth:`record_issued` for callers that must not wait long (a
-        server's event loop): calls ``done(None)`` once the record is
-        durable, or ``done(error)`` (the exception :meth:`record_issued`
-        would raise), either in another thread after returning, or before
-        returning when the store can commit at once and quickly.
+    ) -> Callable[[], None] | None:
+        """:meth:`record_issued` for callers that must not wait (a server's
+        event loop): ``done(None)`` is called once the record is durable, or
+        ``done(error)`` with the exception :meth:`record_issued` would raise.
+
+        Returns:
+            None when another thread commits it (``done`` runs there), or a
+            *flush* function: the caller calls it soon, on its own thread,
+            and it commits every record queued that way so far in one
+            transaction (``done`` runs within it). A caller that cannot call
+            it must not hold the record's answer back: the store commits
+            queued records at the latest when it closes.
 
         This default runs :meth:`record_issued` in a small thread pool; a
         store with a committer of its own does better.
@@ -308,6 +314,7 @@ class Store(abc.ABC):
                 done(None)
 
         _default_pool().submit(job)
+        return None
 
     @abc.abstractmethod
     def get_issued(self, serial: str) -> IssuedRecord | None:
@@ -578,6 +585,8 @@ class SQLiteStore(Store):
         # this thread, started at the first such job.
         self._committer: threading.Thread | None = None
         self._committer_go = threading.Semaphore(0)
+        # Jobs record_issued_later left for its caller's flush.
+        self._deferred: list[_Job] = []
         #: Commits made and jobs they covered (jobs / commits = mean batch).
         self.commits = 0
         self.jobs = 0
@@ -706,21 +715,29 @@ class SQLiteStore(Store):
             raise job.error
         return job.result  # type: ignore[return-value]  # the leader stored fn's return value
 
-    def _submit_later(self, fn: Callable[[sqlite3.Connection], object],
-                      done: Callable[[BaseException | None], None]) -> None:
-        """Queue *fn* and return at once; ``done(error or None)`` runs after
-        its commit, on the committer that made it."""
-        job = _Job(fn, done)
+    def _submit_jobs(self, jobs: list[_Job], *, lead_here: bool = False) -> None:
+        """Queue callback jobs and return without waiting for them. If no
+        commit is under way, lead one now on this thread (*lead_here*) or
+        hand the lead to the committer thread."""
+        lead = refused = False
         with self._mutex:
             if self._closed:
-                raise StoreError("the store is closed")
-            self._waiting.append(job)
-            lead = not self._committing
-            self._committing = True
-            if self._window and len(self._waiting) >= self._max_batch:
-                self._changed.notify_all()
-            if lead:
-                self._hand_to_committer()
+                refused = True
+            else:
+                self._waiting.extend(jobs)
+                lead = not self._committing
+                self._committing = True
+                if self._window and len(self._waiting) >= self._max_batch:
+                    self._changed.notify_all()
+                if lead and not lead_here:
+                    self._hand_to_committer()
+        if refused:
+            error = StoreError("the store is closed")
+            for job in jobs:
+                job.error = error
+                job.finish()
+        elif lead and lead_here:
+            self._lead()
 
     def _hand_to_committer(self) -> None:
         """Make the committer thread lead the next batch (``_mutex`` held)."""
@@ -831,6 +848,7 @@ class SQLiteStore(Store):
         return error
 
     def close(self) -> None:
+        self._flush_deferred()  # a caller that never flushed loses nothing
         with self._mutex:
             if self._closed:
                 return
@@ -880,29 +898,36 @@ class SQLiteStore(Store):
 
     def record_issued_later(
         self, record: IssuedRecord, done: Callable[[BaseException | None], None],
-    ) -> None:
+    ) -> Callable[[], None] | None:
         # Errors reach *done* as record_issued would raise them.
         def translated(error: BaseException | None) -> None:
             done(None if error is None else self._translate(error)
                  if isinstance(error, sqlite3.Error) else error)
 
-        job = self._issued_job(record, None)
-        if self._caller_commit_limit > 0 and self.commit_seconds < self._caller_commit_limit \
-                and not self._committing:
-            # Measured (benchmarks/bench_loopback.py): handing a job to the
-            # committer thread and waking the event loop afterwards costs
-            # more CPU than a fast local commit (~0.2 ms, less than signing
-            # the certificate), so the caller commits itself. A slow disk
-            # pushes the average over the limit, and then the loop is never
-            # blocked for a commit: the committer thread takes them.
-            try:
-                self._submit(job)
-            except BaseException as exc:
-                done(exc)
-            else:
-                done(None)
-            return
-        self._submit_later(job, translated)
+        job = _Job(self._issued_job(record, None), translated)
+        if self._caller_commit_limit > 0 and self.commit_seconds < self._caller_commit_limit:
+            # Measured (benchmarks/bench_loopback.py): handing each job to
+            # the committer thread and waking the event loop afterwards
+            # costs more CPU than a fast local commit (~0.2 ms), so the
+            # caller commits, and with one flush per turn of its loop the
+            # records of every enrollment signed in that turn share one
+            # commit. A slow disk pushes the average over the limit: then
+            # the loop is never blocked, the committer thread takes them.
+            with self._mutex:
+                if self._closed:
+                    raise StoreError("the store is closed")
+                self._deferred.append(job)
+            return self._flush_deferred
+        self._submit_jobs([job])
+        return None
+
+    def _flush_deferred(self) -> None:
+        """Commit the jobs :meth:`record_issued_later` left to its callers,
+        on this thread, unless a commit is under way (it then takes them)."""
+        with self._mutex:
+            jobs, self._deferred = self._deferred, []
+        if jobs:
+            self._submit_jobs(jobs, lead_here=True)
 
     def _issued_job(self, record: IssuedRecord, pending_id: int | None) -> Callable[[sqlite3.Connection], None]:
         values = (

@@ -161,6 +161,8 @@ class CABackend(abc.ABC):
 
 _COMMON: tuple[type[ServerResponse], ...] = (AuthenticationRequired, ErrorResponse)
 _ALLOWED: Mapping[Operation, tuple[type[ServerResponse], ...]] = {
+    Operation.CACERTS: (CACertsResponse, ErrorResponse),
+    Operation.CSRATTRS: (CSRAttrsResponse, ErrorResponse),
     Operation.SIMPLEENROLL: (CertificateResponse, RetryLater) + _COMMON,
     Operation.SIMPLEREENROLL: (CertificateResponse, RetryLater) + _COMMON,
     Operation.SERVERKEYGEN: (ServerKeygenResponse, RetryLater) + _COMMON,
@@ -252,7 +254,7 @@ def _answer(
             return None
         if isinstance(response, ResponseFuture):
             return response
-        if not isinstance(response, _ALLOWED.get(request.operation, _COMMON)):
+        if not isinstance(response, _ALLOWED[request.operation]):
             raise TypeError(f"backend answered {request.operation.value} with {type(response).__name__}")
         return response
     except StoreError:
@@ -264,44 +266,36 @@ def _answer(
 
 
 def _blocking_handler(backend: CABackend, log: logging.Logger) -> Handler:
-
     def handler(request: ServerRequest) -> ServerResponse:
-        try:
-            if isinstance(request, CACertsRequest):
-                try:
-                    return CACertsResponse(backend.cacerts(request.label))
-                except LookupError:
-                    return ErrorResponse(404, "unknown CA label")
-            if isinstance(request, CSRAttrsRequest):
-                try:
-                    return CSRAttrsResponse(backend.csrattrs(request.label))
-                except LookupError:
-                    return ErrorResponse(404, "unknown CA label")
-            decision = backend.authorize(request)
-            if isinstance(decision, ServerResponse):
-                if not isinstance(decision, _COMMON):
-                    raise TypeError(f"authorize returned {type(decision).__name__}")
-                return decision
-            if isinstance(request, SimpleEnrollRequest):
-                response = backend.enroll(request, decision)
-            elif isinstance(request, SimpleReenrollRequest):
-                response = backend.reenroll(request, decision)
-            elif isinstance(request, ServerKeygenRequest):
-                response = backend.serverkeygen(request, decision)
-            elif isinstance(request, FullCMCRequest):
-                response = backend.fullcmc(request, decision)
-            else:
-                return ErrorResponse(404, "unknown EST operation")
-            if not isinstance(response, _ALLOWED[request.operation]):
-                raise TypeError(
-                    f"backend answered {request.operation.value} with {type(response).__name__}"
-                )
-            return response
-        except StoreError:
-            log.exception("certificate store failure on %s", _describe(request))
-            return ErrorResponse(503, "certificate store unavailable, try again later")
-        except Exception:
-            log.exception("CA backend failure on %s", _describe(request))
-            return ErrorResponse(500, "internal CA error")
+        response: ServerResponse = _answer(request, log, lambda: _dispatch(backend, request))
+        return response
 
     return handler
+
+
+def _dispatch(backend: CABackend, request: ServerRequest) -> ServerResponse:
+    """The backend's answer to *request*, authorized first (module docstring)."""
+    if isinstance(request, CACertsRequest):
+        try:
+            return CACertsResponse(backend.cacerts(request.label))
+        except LookupError:
+            return ErrorResponse(404, "unknown CA label")
+    if isinstance(request, CSRAttrsRequest):
+        try:
+            return CSRAttrsResponse(backend.csrattrs(request.label))
+        except LookupError:
+            return ErrorResponse(404, "unknown CA label")
+    decision = backend.authorize(request)
+    if isinstance(decision, ServerResponse):
+        if not isinstance(decision, _COMMON):
+            raise TypeError(f"authorize returned {type(decision).__name__}")
+        return decision
+    if isinstance(request, SimpleEnrollRequest):
+        return backend.enroll(request, decision)
+    if isinstance(request, SimpleReenrollRequest):
+        return backend.reenroll(request, decision)
+    if isinstance(request, ServerKeygenRequest):
+        return backend.serverkeygen(request, decision)
+    if isinstance(request, FullCMCRequest):
+        return backend.fullcmc(request, decision)
+    return ErrorResponse(404, "unknown EST operation")

@@ -82,6 +82,7 @@ from ._events import (
 )
 from ._http import HTTPLimits
 from ._paths import Operation
+from ._response_future import InlineHandler, ResponseFuture
 from ._state import ConnectionState
 from ._tls import ChannelBinding, ClientTLSContext, PeerCertificate, ServerTLSContext, TLSSession
 from .client import ClientConnection, Credentials, check_fingerprint
@@ -98,6 +99,8 @@ __all__ = [
     # the client's decisions over many connections, and their I/O instructions
     "ClientSession", "drive", "Transport", "Instruction", "Connect", "Write", "Read",
     "Received", "Disconnect", "Wait", "WallClock",
+    # handlers that answer on the server's event loop
+    "InlineHandler", "ResponseFuture",
     # the EST layer alone
     "ESTServerProtocol", "ESTClientProtocol", "Reply", "RequestRejected",
     # TLS facts

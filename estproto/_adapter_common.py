@@ -66,8 +66,8 @@ from ._events import (
     ServerResponse,
 )
 from ._paths import format_est_path
-from ._tls import ClientTLSContext
 from ._response_future import InlineHandler, ResponseFuture
+from ._tls import ClientTLSContext
 from .client import ClientConnection
 from .codecs import pkcs10
 from .codecs.csrattrs import CsrAttributes
@@ -152,6 +152,8 @@ plain function runs in a worker thread (CA work blocks: SQLite, HSMs).
 RunSync = Callable[[Callable[[ServerRequest], Any], ServerRequest], Awaitable[Any]]
 #: The adapter's way to wait, on its loop, for a future another thread finishes.
 AwaitFuture = Callable[[ResponseFuture], Awaitable[None]]
+#: The adapter's way to let every other ready task run once (one loop turn).
+Checkpoint = Callable[[], Awaitable[None]]
 
 _T = TypeVar("_T")
 _Self = TypeVar("_Self", bound="ClientBase")
@@ -175,6 +177,7 @@ def _printable(text: str, limit: int = _MAX_LOGGED_TARGET) -> str:
 
 def make_handler_caller(
     handler: Handler, run_sync: RunSync, logger: logging.Logger, await_future: AwaitFuture,
+    checkpoint: Checkpoint,
 ) -> Callable[[ServerRequest], Awaitable[ServerResponse]]:
     """Wrap *handler* so that calling it never raises.
 
@@ -182,8 +185,9 @@ def make_handler_caller(
         handler: the application's handler.
         run_sync: the adapter's way to run a blocking function in a worker
             thread (with its capacity limit).
-        await_future: the adapter's way to wait for a ResponseFuture.
         logger: where a crashing handler is logged.
+        await_future: the adapter's way to wait for a ResponseFuture.
+        checkpoint: the adapter's way to yield for one turn of its loop.
 
     Returns:
         An async function giving the handler's response, or
@@ -203,6 +207,11 @@ def make_handler_caller(
             else:
                 result = await run_sync(handler, event)
             if isinstance(result, ResponseFuture):
+                if not result.done and result.flush is not None:
+                    # The other connections' ready requests run first, so
+                    # that the flush (a commit) covers theirs too.
+                    await checkpoint()
+                    result.flush()
                 if not result.done:
                     await await_future(result)
                 result = result.result()

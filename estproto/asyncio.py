@@ -48,7 +48,6 @@ import logging
 import socket
 from typing import Any, Awaitable, Callable, Sequence
 
-from ._response_future import ResponseFuture
 from ._adapter_common import (
     ACCEPT_RETRY_DELAY,
     CLOSE_TIMEOUT,
@@ -72,6 +71,7 @@ from ._adapter_common import (
 from ._config import ServerConfig
 from ._errors import LocalProtocolError
 from ._events import ServerRequest
+from ._response_future import ResponseFuture
 from ._state import ConnectionState
 from .server import ServerConnection
 
@@ -275,7 +275,9 @@ class ESTServer:
             max_workers=handler_threads, thread_name_prefix="estproto-handler"
         )
         self._slots = asyncio.Semaphore(max_connections)
-        self._call = make_handler_caller(handler, self._run_sync, logger, self._await_future)
+        self._call = make_handler_caller(
+            handler, self._run_sync, logger, self._await_future, _one_turn
+        )
         self._listeners: list[socket.socket] = []
         self._accepting: list[asyncio.Task[None]] = []
         self._tasks: dict[asyncio.Task[None], _Connection | None] = {}
@@ -295,13 +297,6 @@ class ESTServer:
         )
 
     async def _await_future(self, future: ResponseFuture) -> None:
-        if future.flush is not None:
-            # The other connections' ready requests run first, so that the
-            # flush (a commit) covers theirs too.
-            await asyncio.sleep(0)
-            future.flush()
-            if future.done:
-                return
         loop = self._loop
         finished: asyncio.Future[None] = loop.create_future()
 
@@ -562,6 +557,10 @@ async def serve(
         # Shielded: a cancelled serve() still finishes in-flight requests,
         # bounded by shutdown_timeout.
         await _shielded(server.wait_closed())
+
+
+async def _one_turn() -> None:
+    await asyncio.sleep(0)
 
 
 async def _shielded(awaitable: Awaitable[None]) -> None:

@@ -41,7 +41,6 @@ from typing import Any, Callable, Sequence
 
 import trio
 
-from ._response_future import ResponseFuture
 from ._adapter_common import (
     ACCEPT_RETRY_DELAY,
     CLOSE_TIMEOUT,
@@ -65,6 +64,7 @@ from ._adapter_common import (
 from ._config import ServerConfig
 from ._errors import LocalProtocolError
 from ._events import ServerRequest
+from ._response_future import ResponseFuture
 from ._state import ConnectionState
 from .server import ServerConnection
 
@@ -195,7 +195,9 @@ class ESTServer:
         self._log = logger
         self._limiter = trio.CapacityLimiter(handler_threads)
         self._slots = trio.Semaphore(max_connections)
-        self._call = make_handler_caller(handler, self._run_sync, logger, self._await_future)
+        self._call = make_handler_caller(
+            handler, self._run_sync, logger, self._await_future, trio.lowlevel.checkpoint
+        )
         self._connections: set[_Connection] = set()
         self._stop = trio.Event()
         self._stopped = trio.Event()
@@ -223,13 +225,6 @@ class ESTServer:
 
     @staticmethod
     async def _await_future(future: ResponseFuture) -> None:
-        if future.flush is not None:
-            # The other connections' ready requests run first, so that the
-            # flush (a commit) covers theirs too.
-            await trio.lowlevel.checkpoint()
-            future.flush()
-            if future.done:
-                return
         token = trio.lowlevel.current_trio_token()
         finished = trio.Event()
 

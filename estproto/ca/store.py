@@ -805,7 +805,7 @@ class SQLiteStore(Store):
                     else:
                         conn.execute("ROLLBACK TO job")
                         conn.execute("RELEASE job")
-                    if isinstance(exc, (sqlite3.IntegrityError, StoreError)):
+                    if isinstance(exc, (sqlite3.Error, StoreError)):
                         job.error = self._translate(exc)
                     else:
                         job.error = exc
@@ -899,12 +899,8 @@ class SQLiteStore(Store):
     def record_issued_later(
         self, record: IssuedRecord, done: Callable[[BaseException | None], None],
     ) -> Callable[[], None] | None:
-        # Errors reach *done* as record_issued would raise them.
-        def translated(error: BaseException | None) -> None:
-            done(None if error is None else self._translate(error)
-                 if isinstance(error, sqlite3.Error) else error)
-
-        job = _Job(self._issued_job(record, None), translated)
+        # _commit gives the job the error record_issued would raise.
+        job = _Job(self._issued_job(record, None), done)
         if self._caller_commit_limit > 0 and self.commit_seconds < self._caller_commit_limit:
             # Measured (benchmarks/bench_loopback.py): handing each job to
             # the committer thread and waking the event loop afterwards

@@ -59,7 +59,7 @@ async def _main(data_dir: Path, out: TextIO) -> int:
 
     from . import trio as est_trio
     from .ca import EmbeddedCA
-    from .cli._client import chain_verifies
+    from .chain import chain_verifies
     from .cli._serve import build_config, listening_line
     from .client import Credentials, check_fingerprint
     from ._tls import ClientTLSContext

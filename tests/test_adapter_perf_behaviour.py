@@ -7,7 +7,7 @@
   and ``close()`` while writers are running (every write that returned is
   durable, later ones fail with StoreError, nobody hangs).
 * The embedded CA builds the issued record from what it signed instead of
-  parsing the new certificate back (estproto.ca.authority): the record must
+  parsing the new certificate back (IssuedRecord.for_certificate): the record must
   equal the one parsed from the certificate.
 
 No timing assertions: only results.
@@ -139,7 +139,7 @@ def test_issued_record_matches_the_certificate(tmp_path: Path) -> None:
         for csr in cases:
             cert = ca._issue(csr, Principal("user:a", "basic"), "", Operation.SIMPLEENROLL)
             stored = ca.store.get_issued(format(cert.serial_number, "x"))
-            parsed = EmbeddedCA._record(cert, requester="user:a", request_der=csr.der, label="",
-                                        operation="simpleenroll")
+            parsed = IssuedRecord.for_certificate(cert, requester="user:a", request_der=csr.der,
+                                                  label="", operation="simpleenroll")
             assert stored is not None
             assert dataclasses.replace(stored, issued_at=parsed.issued_at) == parsed

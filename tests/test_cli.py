@@ -37,7 +37,8 @@ from estproto import trio as est_trio
 from estproto._tls import ClientTLSContext
 from estproto.ca import EmbeddedCA
 from estproto.cli import ExitCode, main
-from estproto.cli._client import Target, chain_verifies, parse_url
+from estproto.chain import chain_verifies
+from estproto.cli._client import Target, parse_url
 from estproto.cli._common import CLIError
 from estproto.client import Credentials
 from estproto.codecs import pkcs10

@@ -22,7 +22,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from estproto.cli import ExitCode, main
-from estproto.cli._client import chain_verifies
+from estproto.chain import chain_verifies
 from estproto.codecs import pkcs10
 from pki import make_key, name
 from test_cli import free_port, load_cert, run, serving, spki

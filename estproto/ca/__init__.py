@@ -1,16 +1,32 @@
-"""The embedded CA: backend interface, issuing, and its SQLite store.
+"""The embedded CA: backend interface, and the parts the default backend is made of.
 
 * :mod:`.backend`: :class:`CABackend`, the interface an EST server calls
   (replace it to put estproto in front of your own PKI), and
   :func:`make_handler`, which turns a backend into the request handler the
   trio and asyncio servers run.
-* :mod:`.authority`: :class:`EmbeddedCA`, the default backend: a CA in a
-  data directory, with users, manual approval, serverkeygen and fullcmc.
+* :mod:`.authority`: :class:`EmbeddedCA`, the default backend: the
+  composition of the parts below, with authorization and issuing.
+* :mod:`.data_dir`: the data directory (create, extend, load).
 * :mod:`.store`: :class:`Store` and :class:`SQLiteStore` (WAL, synchronous
   FULL, group commit, versioned schema).
+* :mod:`.signer`: :class:`Signer`, who signs for the issuing CA
+  (:class:`KeyFileSigner` by default).
+* :mod:`.policy`: :class:`Profile` and :class:`IssuingPolicy`, what an
+  issued certificate holds.
+* :mod:`.users`: :class:`UserDirectory`, HTTP users and their checks.
+* :mod:`.approvals`: :class:`Approvals`, manual approval (RFC 7030 4.2.3).
+* :mod:`.revocation`: :class:`Revocation`, revoking and what still counts.
+* :mod:`.keygen`: the key /serverkeygen makes and whom it is encrypted to.
+* :mod:`.keys`, :mod:`.errors`: key kinds and PEM files; CAError.
 """
 
-from .authority import CA_FILES, CAError, CASettings, EmbeddedCA, KeyType, Profile
+from .approvals import Approvals
+from .authority import CA_FILES, CASettings, EmbeddedCA, KeyType, Profile
+from .errors import CAError
+from .policy import IssuingPolicy
+from .revocation import Revocation
+from .signer import KeyFileSigner, Signer
+from .users import UserDirectory
 from .backend import CABackend, Handler, Principal, make_handler
 from .store import (
     SCHEMA_VERSION,
@@ -31,6 +47,7 @@ from .store import (
 __all__ = [
     "CABackend", "Principal", "Handler", "make_handler",
     "EmbeddedCA", "CASettings", "Profile", "CAError", "KeyType", "CA_FILES",
+    "Signer", "KeyFileSigner", "IssuingPolicy", "UserDirectory", "Approvals", "Revocation",
     "Store", "SQLiteStore", "StoreError", "SchemaVersionError", "DuplicateSerialError",
     "NotFoundError", "StateError", "PendingState", "IssuedRecord", "PendingRecord",
     "UserRecord", "AuditRecord", "SCHEMA_VERSION",

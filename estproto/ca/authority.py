@@ -1,95 +1,50 @@
 """The embedded CA: the default :class:`~estproto.ca.CABackend` (RFC 7030 4.1-4.5).
 
-One data directory holds everything, created by :meth:`EmbeddedCA.init` (and
-reused by every later ``init`` or :meth:`EmbeddedCA.open`)::
+:class:`EmbeddedCA` is the composition of parts with one job each, every
+one in its own module:
 
-    DIR/root.pem, root.key                 the root CA (P-256 by default)
-    DIR/intermediate.pem, intermediate.key optional issuing CA
-    DIR/server.pem, server.key             TLS certificate of the EST endpoint
-    DIR/ca.pem                             what a client trusts: the root
-                                           (and intermediate): it verifies both
-                                           the TLS endpoint and issued certs
-    DIR/digest.secret                      HMAC key of Digest nonces, shared by
-                                           every worker process
-    DIR/estproto.db                        the SQLite store (see store.py)
-    DIR/config.json                        written last: marks a complete init
+* :mod:`.data_dir`: the data directory (creating, extending, loading);
+* :mod:`.store`: the record store (issued certificates, pending requests,
+  users, audit);
+* :mod:`.signer`: who signs for the issuing CA;
+* :mod:`.policy`: what an issued certificate holds (the :class:`Profile`);
+* :mod:`.users`: HTTP users and the Basic / Digest checks;
+* :mod:`.approvals`: manual approval (RFC 7030 4.2.3);
+* :mod:`.revocation`: revoking, and which certificates still count;
+* :mod:`.keygen`: the key /serverkeygen makes and whom it is encrypted to.
 
-Key files are created with mode 0600 and written atomically (temporary file,
-fsync, rename); ``init`` holds an exclusive ``flock`` so that several
-``serve --workers N`` processes starting at once create one CA, not several.
-
-Issuing (RFC 7030 4.2): the profile copies the CSR's subject and its
-subjectAltName extension and ignores every other requested extension unless
-the profile lists its OID (never basicConstraints, keyUsage, EKU, SKI, AKI or
-nameConstraints: those are the CA's to set). It adds basicConstraints
-CA:false, keyUsage digitalSignature (plus keyEncipherment for RSA keys and
-keyAgreement for EC keys, so a device key can also receive a
-server-generated key encrypted to it, RFC 7030 4.4.1.2), the EKUs of the
-profile (clientAuth by default), SKI and AKI. Serial numbers are
-random 159-bit integers (``x509.random_serial_number``); the store's UNIQUE
-constraint is the final word, and a collision is retried with a new serial.
-A certificate is returned only after :meth:`Store.record_issued` committed it.
-
-Authorization (RFC 7030 3.2.3, 3.3.2): a TLS client certificate that
-verified against our CA *and* is in our store, unrevoked (so revocation is
-effective without a CRL on the TLS layer), or HTTP Basic / Digest against
-the users table. Basic checks cost one scrypt (~80 ms); successful checks are
-remembered for a short time under HMAC(process secret, user, password), so
-a client sending Basic on every request pays once. Unknown users are checked
-against a dummy hash and cost the same as a wrong password.
-
-Deferred enrollment (RFC 7030 4.2.3): in manual-approval mode a request is
-answered "202 Accepted" with Retry-After and recorded; "the client ... is
-expected to periodically repeat the same request". The repeat is recognised
-by :meth:`EmbeddedCA.request_fingerprint`: a hash of the operation, label,
-authenticated requester, the CSR's public key and its subject and SAN. Not
-the CSR bytes: a client polling on a new TLS connection must regenerate a
-PoP-linked CSR (the challengePassword changes, and with it the signature).
-The requester is part of it so nobody else can collect an approved request
-(essential for serverkeygen, whose answer holds a private key). The
-certificate is issued when the client retries after approval, by the server
-process that holds the CA key: ``approve`` only changes a row, so the
-operator's command needs no access to the CA key. A later identical retry
-gets the same certificate again (the response may have been lost); for
-serverkeygen, whose key is never stored, a retry after delivery starts a new
-request.
+What stays here is the :class:`CABackend` itself: authorization (RFC 7030
+3.2.3, 3.3.2) by a TLS client certificate that verified against our CA
+*and* is in our store unrevoked, or by HTTP Basic / Digest; and issuing.
+Serial numbers are random 159-bit integers (``x509.random_serial_number``);
+the store's UNIQUE constraint is the final word, and a collision is retried
+with a new serial. A certificate is returned only after the store committed
+its record.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import datetime
-import fcntl
-import hashlib
-import hmac
-import ipaddress
-import json
 import logging
 import os
 import secrets
-import struct
-import threading
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal, Mapping, Sequence, Union
+from typing import TYPE_CHECKING, Any, Mapping, Sequence
 
 from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec, ed448, ed25519, rsa
+from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives.asymmetric import ed25519, rsa
 from cryptography.hazmat.primitives.asymmetric.types import CertificatePublicKeyTypes
-from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from .. import auth
-from .._errors import BadSignature, DecodeError, LocalProtocolError
+from .._errors import BadSignature, DecodeError
 from .._est_server import ESTServerSettings
 from .._events import (
-    AuthenticationRequired,
     CertificateResponse,
     ErrorResponse,
     FullCMCRequest,
     FullCMCResponse,
-    RetryLater,
     ServerKeygenRequest,
     ServerKeygenResponse,
     ServerRequest,
@@ -97,7 +52,7 @@ from .._events import (
     SimpleEnrollRequest,
     SimpleReenrollRequest,
 )
-from .._paths import WELL_KNOWN_PREFIX, Operation, format_est_path
+from .._paths import Operation
 from .._response_future import InlineHandler, ResponseFuture
 from .._tls import ServerTLSContext
 from ..codecs import cmc, pkcs10, serverkey
@@ -110,10 +65,16 @@ from ..codecs.csrattrs import (
     RequestedAttribute,
     RequiredOID,
 )
+from . import data_dir as _directory
+from .approvals import Approvals, request_fingerprint
 from .backend import CABackend, Principal
-
-if TYPE_CHECKING:
-    from .backend import Handler
+from .data_dir import CA_FILES
+from .errors import CAError, Refused
+from .keygen import generate_like, key_recipient
+from .keys import KeyType, PrivateKey
+from .policy import Draft, IssuingPolicy, Profile
+from .revocation import Revocation
+from .signer import KeyFileSigner, Signer
 from .store import (
     DuplicateSerialError,
     IssuedRecord,
@@ -124,114 +85,23 @@ from .store import (
     Store,
     StoreError,
 )
+from .users import AUTH_SCHEMES, DEFAULT_AUTH_SCHEMES, UserDirectory
 
-__all__ = ["EmbeddedCA", "CASettings", "Profile", "CAError", "KeyType", "CA_FILES", "AUTH_SCHEMES", "DEFAULT_AUTH_SCHEMES"]
+if TYPE_CHECKING:
+    from .backend import Handler
+
+__all__ = ["EmbeddedCA", "CASettings", "Profile", "CAError", "KeyType", "CA_FILES", "AUTH_SCHEMES",
+           "DEFAULT_AUTH_SCHEMES"]
 
 _log = logging.getLogger("estproto.ca")
 
-PrivateKey = Union[
-    ec.EllipticCurvePrivateKey, rsa.RSAPrivateKey, ed25519.Ed25519PrivateKey, ed448.Ed448PrivateKey
-]
-KeyType = Literal["p256", "rsa", "ed25519"]
-
-#: Names of the files in the data directory.
-CA_FILES = {
-    "root_cert": "root.pem", "root_key": "root.key",
-    "intermediate_cert": "intermediate.pem", "intermediate_key": "intermediate.key",
-    "server_cert": "server.pem", "server_key": "server.key",
-    "trust": "ca.pem", "digest_secret": "digest.secret", "store": "estproto.db",
-    "config": "config.json", "lock": ".init.lock",
-}
-
-#: Format version of config.json.
-_CONFIG_FORMAT = 1
-
-#: Validity of the CA certificates and of the EST endpoint's TLS certificate.
-ROOT_VALIDITY_DAYS = 3650
-INTERMEDIATE_VALIDITY_DAYS = 1825
-SERVER_VALIDITY_DAYS = 397
-
-#: Backdating of notBefore, for clients whose clock is a little behind.
-_BACKDATE = datetime.timedelta(minutes=5)
-
 #: Attempts at a fresh serial number after a collision (2**-159 each).
 _SERIAL_ATTEMPTS = 5
-
-#: Most remembered successful Basic checks; beyond it the cache is cleared.
-#: Bounds memory when many distinct users authenticate.
-MAX_BASIC_CACHE = 4096
-
-#: Extensions a CSR can never set: the CA decides them.
-_NEVER_COPIED = frozenset({
-    "2.5.29.19",  # basicConstraints
-    "2.5.29.15",  # keyUsage
-    "2.5.29.37",  # extendedKeyUsage
-    "2.5.29.14",  # subjectKeyIdentifier
-    "2.5.29.35",  # authorityKeyIdentifier
-    "2.5.29.30",  # nameConstraints
-    "2.5.29.17",  # subjectAltName (copied through its own path)
-})
 
 _OID_ECDSA_SHA256 = "1.2.840.10045.4.3.2"
 _OID_SHA256_RSA = "1.2.840.113549.1.1.11"
 _DER_SECP256R1 = bytes.fromhex("06082a8648ce3d030107")
 _DER_INT_2048 = bytes.fromhex("02020800")
-
-_CURVES: Mapping[str, type[ec.EllipticCurve]] = {
-    "secp256r1": ec.SECP256R1, "secp384r1": ec.SECP384R1, "secp521r1": ec.SECP521R1,
-}
-
-
-class CAError(Exception):
-    """The CA cannot be set up or loaded (not initialised, unreadable or
-    inconsistent files, unsupported settings)."""
-
-
-class _Refused(Exception):
-    """An enrollment the profile refuses: answered 4xx (CMC: badRequest)."""
-
-    def __init__(self, status: int, reason: str,
-                 fail_info: cmc.CMCFailInfo = cmc.CMCFailInfo.BAD_REQUEST) -> None:
-        super().__init__(reason)
-        self.status = status
-        self.reason = reason
-        self.fail_info = fail_info
-
-
-@dataclass(frozen=True)
-class Profile:
-    """What issued certificates look like.
-
-    Attributes:
-        validity_days: lifetime of issued certificates.
-        extended_key_usages: EKU OIDs put in every certificate.
-        copy_extensions: dotted OIDs of further requested extensions copied
-            from the CSR (never those in the CA's own list).
-        min_rsa_bits: smallest RSA modulus accepted.
-        serverkeygen_key_type: key generated by /serverkeygen when the CSR's
-            key type is not one we generate.
-    """
-
-    validity_days: int = 365
-    extended_key_usages: tuple[x509.ObjectIdentifier, ...] = (ExtendedKeyUsageOID.CLIENT_AUTH,)
-    copy_extensions: frozenset[str] = frozenset()
-    min_rsa_bits: int = 2048
-    serverkeygen_key_type: KeyType = "p256"
-
-    def __post_init__(self) -> None:
-        if self.validity_days < 1:
-            raise CAError("validity_days must be at least 1")
-        bad = self.copy_extensions & _NEVER_COPIED
-        if bad:
-            raise CAError(f"the CA sets these extensions itself: {sorted(bad)}")
-
-
-#: HTTP authentication schemes the embedded CA can offer, with the Digest
-#: algorithm each stands for (RFC 7617, RFC 7616).
-AUTH_SCHEMES: Mapping[str, str | None] = {
-    "basic": None, "digest-sha256": "SHA-256", "digest-md5": "MD5",
-}
-DEFAULT_AUTH_SCHEMES = ("basic", "digest-sha256", "digest-md5")
 
 
 @dataclass(frozen=True)
@@ -297,167 +167,25 @@ class CASettings:
         )
 
 
-# ---------------------------------------------------------------------------
-# Files
-
-
-def _write_file(path: Path, data: bytes, mode: int) -> None:
-    """Write *data* atomically with *mode* (temporary file, fsync, rename)."""
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
-    try:
-        os.fchmod(fd, mode)  # the umask may only have narrowed it; be exact
-        os.write(fd, data)
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-    os.replace(tmp, path)
-
-
-def _key_pem(key: PrivateKey) -> bytes:
-    return key.private_bytes(
-        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
-    )
-
-
-def _cert_pem(cert: x509.Certificate) -> bytes:
-    return cert.public_bytes(serialization.Encoding.PEM)
-
-
-def _load_key(path: Path) -> PrivateKey:
-    key = serialization.load_pem_private_key(path.read_bytes(), password=None)
-    if not isinstance(key, (ec.EllipticCurvePrivateKey, rsa.RSAPrivateKey,
-                            ed25519.Ed25519PrivateKey, ed448.Ed448PrivateKey)):
-        raise CAError(f"{path}: unsupported key type {type(key).__name__}")
-    return key
-
-
-def _new_key(kind: str) -> PrivateKey:
-    if kind == "p256":
-        return ec.generate_private_key(ec.SECP256R1())
-    if kind == "rsa":
-        return rsa.generate_private_key(65537, 2048)
-    if kind == "ed25519":
-        return ed25519.Ed25519PrivateKey.generate()
-    raise CAError(f"unsupported key type {kind!r} (p256, rsa, ed25519)")
-
-
-def _hash_for(key: PrivateKey) -> hashes.SHA256 | hashes.SHA384 | hashes.SHA512 | None:
-    if isinstance(key, (ed25519.Ed25519PrivateKey, ed448.Ed448PrivateKey)):
-        return None
-    if isinstance(key, ec.EllipticCurvePrivateKey) and key.curve.key_size > 384:
-        return hashes.SHA512()
-    if isinstance(key, ec.EllipticCurvePrivateKey) and key.curve.key_size > 256:
-        return hashes.SHA384()
-    return hashes.SHA256()
-
-
-def _general_name(host: str) -> x509.GeneralName:
-    try:
-        return x509.IPAddress(ipaddress.ip_address(host))
-    except ValueError:
-        return x509.DNSName(host)
-
-
-def _ca_cert(
-    key: PrivateKey, subject: x509.Name, issuer: x509.Certificate | None,
-    issuer_key: PrivateKey | None, days: int, path_length: int | None,
-) -> x509.Certificate:
-    now = datetime.datetime.now(datetime.timezone.utc)
-    signer = issuer_key or key
-    builder = (
-        x509.CertificateBuilder()
-        .subject_name(subject)
-        .issuer_name(issuer.subject if issuer else subject)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - _BACKDATE)
-        .not_valid_after(now + datetime.timedelta(days=days))
-        .add_extension(x509.BasicConstraints(ca=True, path_length=path_length), critical=True)
-        .add_extension(
-            x509.KeyUsage(True, False, False, False, False, True, True, False, False), critical=True
-        )
-        .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), critical=False)
-    )
-    if issuer is not None:
-        builder = builder.add_extension(
-            x509.AuthorityKeyIdentifier.from_issuer_public_key(issuer.public_key()),  # type: ignore[arg-type]  # our own CA: EC, RSA or EdDSA
-            critical=False,
-        )
-    return builder.sign(signer, _hash_for(signer))
-
-
-def _san_text(names: Sequence[x509.GeneralName]) -> str:
-    return ", ".join(f"{type(n).__name__[:-4] or 'Name'}:{getattr(n, 'value', n)}" for n in names)
-
-
-def _normalise_serial(serial: int | str) -> str:
-    if isinstance(serial, int):
-        return format(serial, "x")
-    text = serial.strip().lower().replace(":", "")
-    if text.startswith("0x"):
-        text = text[2:]
-    try:
-        return format(int(text, 16), "x")
-    except ValueError:
-        raise ValueError(f"not a hexadecimal serial number: {serial!r}") from None
-
-
-def _lp(*parts: bytes) -> bytes:
-    """Length-prefixed concatenation: unambiguous input for a hash."""
-    return b"".join(struct.pack(">I", len(p)) + p for p in parts)
-
-
-# ---------------------------------------------------------------------------
-
-
-#: AES key wrap algorithms a client may list in SMIMECapabilities (RFC 3565).
-_KEY_WRAPS: dict[str, Literal["aes128_wrap", "aes192_wrap", "aes256_wrap"]] = {
-    "2.16.840.1.101.3.4.1.5": "aes128_wrap",
-    "2.16.840.1.101.3.4.1.25": "aes192_wrap",
-    "2.16.840.1.101.3.4.1.45": "aes256_wrap",
-}
-
-
-def _end_entity_key_usage(key: object) -> x509.KeyUsage:
-    """keyUsage of an end-entity certificate for *key* (a public key).
-
-    digitalSignature for every key (TLS client and server authentication,
-    signing); keyEncipherment for RSA (key transport) and keyAgreement for EC
-    (ECDH): RFC 7030 4.4.1.2 "If the key identified is bound to an X.509
-    certificate, then the key MUST either explicitly support keyTransport or
-    keyAgreement", so these let a device receive a server-generated key
-    encrypted to it. EdDSA keys can only sign.
-    """
-    rsa_key = isinstance(key, rsa.RSAPublicKey)
-    ec_key = isinstance(key, ec.EllipticCurvePublicKey)
-    return x509.KeyUsage(
-        digital_signature=True, content_commitment=False, key_encipherment=rsa_key,
-        data_encipherment=False, key_agreement=ec_key, key_cert_sign=False, crl_sign=False,
-        encipher_only=False, decipher_only=False,
-    )
-
-
 @dataclass(frozen=True)
-class _Draft:
+class _Issuance:
     """A certificate ready to sign but for its serial number (drawn anew
-    on each :meth:`sign`, should the store find it taken)."""
+    on each :meth:`sign`, should the store find it taken), and what its
+    record says about the request."""
 
-    ca: EmbeddedCA
-    builder: x509.CertificateBuilder
+    signer: Signer
+    draft: Draft
     csr: pkcs10.CertificationRequest
-    sans: list[x509.GeneralName]
-    not_after: datetime.datetime
     principal: Principal
     label: str
     operation: Operation
     request_der: bytes
 
     def sign(self) -> tuple[x509.Certificate, IssuedRecord]:
-        key = self.ca._issuer_key
-        cert = self.builder.serial_number(x509.random_serial_number()).sign(key, _hash_for(key))
-        record = self.ca._record_from(
-            cert, subject=self.csr.subject, sans=self.sans, not_after=self.not_after,
+        cert = self.signer.sign_certificate(
+            self.draft.builder.serial_number(x509.random_serial_number()))
+        record = IssuedRecord.for_certificate(
+            cert, subject=self.csr.subject, sans=self.draft.sans, not_after=self.draft.not_after,
             requester=self.principal.name, request_der=self.request_der, label=self.label,
             operation=self.operation.value)
         return cert, record
@@ -484,40 +212,29 @@ class EmbeddedCA(CABackend):
         realm: str,
         digest_secret: bytes,
         settings: CASettings,
+        signer: Signer | None = None,
     ) -> None:
         self.data_dir = data_dir
         self.store = store
         self.settings = settings
         self.realm = realm
-        self.root_certificate, self._root_key = root
-        self.issuer_certificate, self._issuer_key = issuer
+        self.root_certificate = root[0]
+        self.issuer_certificate = issuer[0]
         self.server_certificate, self._server_key = server
+        #: Signs for the issuing CA (the key file's key by default).
+        self.signer: Signer = signer or KeyFileSigner(*issuer)
         chain = [self.issuer_certificate] if self.issuer_certificate != self.root_certificate else []
         #: The CA certificates a client trusts (ca.pem, /cacerts): issuing CA first.
         self.ca_certificates: tuple[x509.Certificate, ...] = tuple(chain) + (self.root_certificate,)
-        self._issuer_ski = x509.SubjectKeyIdentifier.from_public_key(
-            self.issuer_certificate.public_key()
+        self.policy = IssuingPolicy(settings.profile, self.issuer_certificate)
+        algorithms = [AUTH_SCHEMES[a] for a in settings.auth_schemes if a != "basic"]
+        self.users = UserDirectory(
+            store, realm, digest_secret, schemes=settings.challenge_schemes,
+            digest_algorithms=[a for a in algorithms if a] or ["SHA-256"],
+            basic_cache_seconds=settings.basic_cache_seconds,
         )
-        # What every issued certificate shares, built once rather than per
-        # enrollment: the issuer and basicConstraints, as the start of each
-        # builder; and the AKI.
-        self._base_builder = (
-            x509.CertificateBuilder()
-            .issuer_name(self.issuer_certificate.subject)
-            .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
-        )
-        self._aki = x509.AuthorityKeyIdentifier.from_issuer_subject_key_identifier(self._issuer_ski)
-        algorithms = [AUTH_SCHEMES[a] for a in self.settings.auth_schemes if a != "basic"]
-        self._digest = auth.DigestAuthority(
-            digest_secret, realm, algorithms=[a for a in algorithms if a] or ["SHA-256"])
-        # Credentials count only in a scheme the 401 offers (Digest answers
-        # only for the algorithms offered: DigestAuthority checks that).
-        offered = self.settings.challenge_schemes
-        self._basic_offered = "basic" in offered
-        self._digest_offered = any(a != "basic" for a in offered)
-        self._cache_secret = secrets.token_bytes(32)
-        self._basic_cache: dict[bytes, float] = {}
-        self._cache_lock = threading.Lock()
+        self.approvals = Approvals(store, settings.retry_after)
+        self.revocation = Revocation(store)
 
     # -- construction ------------------------------------------------------
 
@@ -563,118 +280,8 @@ class EmbeddedCA(CABackend):
             raise CAError(f"unsupported key type {key_type!r} (p256, rsa, ed25519)")
         auth.basic_challenge(realm)  # rejects a realm with control characters
         root_dir = Path(data_dir)
-        root_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
-        with cls._init_lock(root_dir):
-            if not (root_dir / CA_FILES["config"]).exists():
-                cls._create(root_dir, list(hostnames), key_type, intermediate, realm, store)
-            else:
-                cls._cover_hostnames(root_dir, list(hostnames), store)
+        _directory.create_or_update(root_dir, list(hostnames), key_type, intermediate, realm, store)
         return cls.open(root_dir, settings=settings, store=store)
-
-    @staticmethod
-    def _init_lock(data_dir: Path) -> _FileLock:
-        return _FileLock(data_dir / CA_FILES["lock"])
-
-    @classmethod
-    def _create(
-        cls, d: Path, hostnames: list[str], key_type: str, intermediate: bool, realm: str,
-        store: Store | None,
-    ) -> None:
-        tag = secrets.token_hex(4)
-        root_key = _new_key(key_type)
-        root_name = x509.Name([
-            x509.NameAttribute(NameOID.ORGANIZATION_NAME, "estproto"),
-            x509.NameAttribute(NameOID.COMMON_NAME, f"estproto Root CA {tag}"),
-        ])
-        root = _ca_cert(root_key, root_name, None, None, ROOT_VALIDITY_DAYS, None)
-        issuer, issuer_key = root, root_key
-        files: list[tuple[str, bytes, int]] = [
-            ("root_key", _key_pem(root_key), 0o600), ("root_cert", _cert_pem(root), 0o644),
-        ]
-        trust = _cert_pem(root)
-        if intermediate:
-            issuer_key = _new_key(key_type)
-            name = x509.Name([
-                x509.NameAttribute(NameOID.ORGANIZATION_NAME, "estproto"),
-                x509.NameAttribute(NameOID.COMMON_NAME, f"estproto Issuing CA {tag}"),
-            ])
-            issuer = _ca_cert(issuer_key, name, root, root_key, INTERMEDIATE_VALIDITY_DAYS, 0)
-            files += [("intermediate_key", _key_pem(issuer_key), 0o600),
-                      ("intermediate_cert", _cert_pem(issuer), 0o644)]
-            trust = _cert_pem(issuer) + trust
-        server_key = _new_key("rsa" if key_type == "rsa" else "p256")
-        server = cls._server_cert(server_key, hostnames, issuer, issuer_key)
-        files += [("server_key", _key_pem(server_key), 0o600), ("server_cert", _cert_pem(server), 0o644),
-                  ("trust", trust, 0o644), ("digest_secret", secrets.token_bytes(32), 0o600)]
-        for name_key, data, mode in files:
-            _write_file(d / CA_FILES[name_key], data, mode)
-        own = store is None
-        st = store or SQLiteStore(d / CA_FILES["store"])
-        try:
-            st.record_issued(cls._record(server, requester="init", request_der=None, label="",
-                                         operation="init"))
-            st.audit("init", "init", f"root={root.subject.rfc4514_string()} key={key_type} "
-                     f"intermediate={intermediate} hosts={','.join(hostnames)}")
-        finally:
-            if own:
-                st.close()
-        config = {"format": _CONFIG_FORMAT, "key_type": key_type, "intermediate": intermediate,
-                  "hostnames": hostnames, "realm": realm}
-        # Written last: its presence means the directory is complete.
-        _write_file(d / CA_FILES["config"], json.dumps(config, indent=2).encode() + b"\n", 0o644)
-
-    @staticmethod
-    def _server_cert(
-        key: PrivateKey, hostnames: Sequence[str], issuer: x509.Certificate, issuer_key: PrivateKey,
-    ) -> x509.Certificate:
-        now = datetime.datetime.now(datetime.timezone.utc)
-        usage = _end_entity_key_usage(key.public_key())
-        builder = (
-            x509.CertificateBuilder()
-            .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, hostnames[0])]))
-            .issuer_name(issuer.subject)
-            .public_key(key.public_key())
-            .serial_number(x509.random_serial_number())
-            .not_valid_before(now - _BACKDATE)
-            .not_valid_after(now + datetime.timedelta(days=SERVER_VALIDITY_DAYS))
-            .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
-            .add_extension(usage, critical=True)
-            .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH]), critical=False)
-            .add_extension(x509.SubjectAlternativeName([_general_name(h) for h in hostnames]),
-                           critical=False)
-            .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), critical=False)
-            .add_extension(
-                x509.AuthorityKeyIdentifier.from_issuer_public_key(issuer.public_key()),  # type: ignore[arg-type]  # our own CA: EC, RSA or EdDSA
-                critical=False,
-            )
-        )
-        return builder.sign(issuer_key, _hash_for(issuer_key))
-
-    @classmethod
-    def _cover_hostnames(cls, d: Path, hostnames: list[str], store: Store | None) -> None:
-        config = json.loads((d / CA_FILES["config"]).read_text())
-        current = list(config.get("hostnames", []))
-        missing = [h for h in hostnames if h not in current]
-        if not missing:
-            return
-        wanted = current + missing
-        issuer_name = "intermediate" if config.get("intermediate") else "root"
-        issuer = x509.load_pem_x509_certificate((d / CA_FILES[f"{issuer_name}_cert"]).read_bytes())
-        issuer_key = _load_key(d / CA_FILES[f"{issuer_name}_key"])
-        server_key = _load_key(d / CA_FILES["server_key"])
-        server = cls._server_cert(server_key, wanted, issuer, issuer_key)
-        own = store is None
-        st = store or SQLiteStore(d / CA_FILES["store"])
-        try:
-            st.record_issued(cls._record(server, requester="init", request_der=None, label="",
-                                         operation="init"))
-            st.audit("init", "server-certificate", f"hosts={','.join(wanted)}")
-        finally:
-            if own:
-                st.close()
-        _write_file(d / CA_FILES["server_cert"], _cert_pem(server), 0o644)
-        config["hostnames"] = wanted
-        _write_file(d / CA_FILES["config"], json.dumps(config, indent=2).encode() + b"\n", 0o644)
 
     @classmethod
     def open(
@@ -683,6 +290,7 @@ class EmbeddedCA(CABackend):
         *,
         settings: CASettings | None = None,
         store: Store | None = None,
+        signer: Signer | None = None,
     ) -> EmbeddedCA:
         """Load an initialised CA.
 
@@ -690,6 +298,8 @@ class EmbeddedCA(CABackend):
             data_dir: a directory made by :meth:`init`.
             settings: run-time policy.
             store: a store to use instead of DIR/estproto.db.
+            signer: signs for the issuing CA instead of the key file's key
+                (its certificate must be the issuing CA's).
 
         Raises:
             CAError: not initialised, or its files are unreadable.
@@ -698,29 +308,14 @@ class EmbeddedCA(CABackend):
         """
         d = Path(data_dir)
         settings = settings or CASettings()
-        config_path = d / CA_FILES["config"]
-        if not config_path.exists():
-            raise CAError(f"{d} is not an initialised estproto CA (run: estproto ca init --data-dir {d})")
-        try:
-            config = json.loads(config_path.read_text())
-            if config.get("format") != _CONFIG_FORMAT:
-                raise CAError(f"{config_path}: unknown format {config.get('format')!r}")
-            root = (x509.load_pem_x509_certificate((d / CA_FILES["root_cert"]).read_bytes()),
-                    _load_key(d / CA_FILES["root_key"]))
-            issuer = root
-            if config.get("intermediate"):
-                issuer = (x509.load_pem_x509_certificate((d / CA_FILES["intermediate_cert"]).read_bytes()),
-                          _load_key(d / CA_FILES["intermediate_key"]))
-            server = (x509.load_pem_x509_certificate((d / CA_FILES["server_cert"]).read_bytes()),
-                      _load_key(d / CA_FILES["server_key"]))
-            digest_secret = (d / CA_FILES["digest_secret"]).read_bytes()
-        except (OSError, ValueError) as exc:
-            raise CAError(f"cannot load the CA in {d}: {exc}") from exc
+        material = _directory.load(d)
         if store is None:
             store = SQLiteStore(d / CA_FILES["store"], group_commit=settings.group_commit)
-        return cls(d, store=store, root=root, issuer=issuer, server=server,
-                   realm=str(config.get("realm", "estproto")), digest_secret=digest_secret,
-                   settings=settings)
+        if signer is not None and signer.certificate != material.issuer[0]:
+            raise CAError("the signer's certificate is not this CA's issuing certificate")
+        return cls(d, store=store, root=material.root, issuer=material.issuer, server=material.server,
+                   realm=material.realm, digest_secret=material.digest_secret, settings=settings,
+                   signer=signer)
 
     def close(self) -> None:
         """Close the store."""
@@ -795,34 +390,15 @@ class EmbeddedCA(CABackend):
             ValueError: empty name or password, ':' or control characters
                 in the name (RFC 7617 section 2).
         """
-        if not name or ":" in name or any(ord(c) < 0x20 or ord(c) == 0x7F for c in name):
-            raise ValueError("a user name must be non-empty, without ':' or control characters")
-        if not password:
-            raise ValueError("the password must not be empty")
-        from .store import UserRecord
-
-        record = UserRecord(
-            name=name,
-            password_hash=auth.hash_password(password),
-            realm=self.realm,
-            ha1_sha256=auth.digest_ha1(name, self.realm, password, "SHA-256"),
-            ha1_md5=auth.digest_ha1(name, self.realm, password, "MD5"),
-            created_at=datetime.datetime.now(datetime.timezone.utc),
-        )
-        self.store.put_user(record, actor)
-        with self._cache_lock:
-            self._basic_cache.clear()
+        self.users.add(name, password, actor)
 
     def remove_user(self, name: str, *, actor: str = "operator") -> bool:
         """Delete an HTTP user; False if there was none."""
-        removed = self.store.delete_user(name, actor)
-        with self._cache_lock:
-            self._basic_cache.clear()
-        return removed
+        return self.users.remove(name, actor)
 
     def list_users(self) -> list[str]:
         """User names."""
-        return self.store.list_users()
+        return self.users.names()
 
     def list_issued(self, *, limit: int | None = None) -> list[IssuedRecord]:
         """Issued certificates, oldest first."""
@@ -830,7 +406,7 @@ class EmbeddedCA(CABackend):
 
     def list_pending(self, state: PendingState | None = PendingState.PENDING) -> list[PendingRecord]:
         """Deferred requests in *state* (None: all)."""
-        return self.store.list_pending(state)
+        return self.approvals.list(state)
 
     def approve(self, pending_id: int, *, actor: str = "operator") -> PendingRecord:
         """Approve a pending request; the client's next retry gets its certificate.
@@ -838,7 +414,7 @@ class EmbeddedCA(CABackend):
         Raises:
             NotFoundError, StateError: no such request, or already decided.
         """
-        return self.store.decide_pending(pending_id, PendingState.APPROVED, actor)
+        return self.approvals.approve(pending_id, actor)
 
     def reject(self, pending_id: int, note: str = "", *, actor: str = "operator") -> PendingRecord:
         """Reject a pending request; the client's retries get 403.
@@ -846,7 +422,7 @@ class EmbeddedCA(CABackend):
         Raises:
             NotFoundError, StateError: no such request, or already decided.
         """
-        return self.store.decide_pending(pending_id, PendingState.REJECTED, actor, note)
+        return self.approvals.reject(pending_id, actor, note)
 
     def revoke(
         self, serial: int | str, reason: x509.ReasonFlags | str = x509.ReasonFlags.unspecified,
@@ -863,8 +439,7 @@ class EmbeddedCA(CABackend):
             ValueError: bad serial or reason.
             NotFoundError: no such certificate.
         """
-        flag = reason if isinstance(reason, x509.ReasonFlags) else x509.ReasonFlags(reason)
-        return self.store.revoke(_normalise_serial(serial), flag.value, actor)
+        return self.revocation.revoke(serial, reason, actor)
 
     # -- CABackend: reading ------------------------------------------------
 
@@ -890,11 +465,11 @@ class EmbeddedCA(CABackend):
         entries: list[RequiredOID | RequestedAttribute] = []
         if self.settings.pop_policy is auth.PoPPolicy.REQUIRE:
             entries.append(RequiredOID(ID_CHALLENGE_PASSWORD))
-        key = self._issuer_key
-        if isinstance(key, rsa.RSAPrivateKey):
+        key = self.issuer_certificate.public_key()
+        if isinstance(key, rsa.RSAPublicKey):
             entries += [RequiredOID(_OID_SHA256_RSA),
                         RequestedAttribute(ID_RSA_ENCRYPTION, (_DER_INT_2048,))]
-        elif isinstance(key, ed25519.Ed25519PrivateKey):
+        elif isinstance(key, ed25519.Ed25519PublicKey):
             entries += [RequiredOID(ID_ED25519), RequestedAttribute(ID_ED25519, ())]
         else:
             entries += [RequiredOID(_OID_ECDSA_SHA256),
@@ -906,41 +481,12 @@ class EmbeddedCA(CABackend):
     def known_certificate(self, cert: x509.Certificate) -> IssuedRecord | None:
         """The store's record of *cert* if we issued it and it is not
         revoked (compared by DER, not only by serial), else None."""
-        record = self.store.get_issued(format(cert.serial_number, "x"))
-        if record is None or record.revoked:
-            return None
-        if not hmac.compare_digest(record.der, cert.public_bytes(serialization.Encoding.DER)):
-            return None
-        return record
-
-    def _unknown_certificate_reason(self, cert: x509.Certificate) -> str:
-        """Why a verified certificate is not one of ours to accept."""
-        record = self.store.get_issued(format(cert.serial_number, "x"))
-        if record is None or not hmac.compare_digest(
-                record.der, cert.public_bytes(serialization.Encoding.DER)):
-            return "was not issued by this CA"
-        return f"is revoked ({record.revocation_reason or 'unspecified'})"
+        return self.revocation.known_certificate(cert)
 
     def challenges(self) -> tuple[str, ...]:
         """The ``WWW-Authenticate`` values of a 401, in the configured order
         (:attr:`CASettings.auth_schemes`); empty when no password is taken."""
-        schemes = self.settings.challenge_schemes
-        digest = {}
-        if self._digest_offered:
-            digest = dict(zip(self._digest.algorithms, self._digest.challenges(time.time())))
-        out = []
-        for scheme in schemes:
-            algorithm = AUTH_SCHEMES[scheme]
-            out.append(auth.basic_challenge(self.realm) if algorithm is None else digest[algorithm])
-        return tuple(out)
-
-    def _refuse(self, stale: bool = False) -> ServerResponse:
-        if stale and self._digest_offered:
-            return AuthenticationRequired(tuple(self._digest.challenges(time.time(), stale=True)))
-        challenges = self.challenges()
-        if not challenges:
-            return ErrorResponse(403, "a valid client certificate issued by this CA is required")
-        return AuthenticationRequired(challenges)
+        return self.users.challenges()
 
     def authorize(self, request: ServerRequest) -> Principal | ServerResponse:
         """Authenticate by client certificate, Basic or Digest (RFC 7030 3.2.3, 3.3.2).
@@ -955,29 +501,29 @@ class EmbeddedCA(CABackend):
             record = self.known_certificate(cert)
             if record is not None:
                 return Principal(f"cert:{record.serial}", "certificate", cert)
-            why = self._unknown_certificate_reason(cert)
+            why = self.revocation.why_unknown(cert)
             _log.info("client certificate refused for %s from %s: %s (subject %s, serial %x)",
                       request.operation.value, facts.peer or "-", why,
                       cert.subject.rfc4514_string(), cert.serial_number)
             if isinstance(request, SimpleReenrollRequest) and not request.is_ra:
                 # A password cannot help: the certificate itself is refused.
                 return ErrorResponse(403, f"the certificate being renewed {why}")
+        users = self.users
         creds = request.credentials
-        if isinstance(creds, auth.BasicCredentials) and self._basic_offered:
-            if self._check_basic(creds):
+        if isinstance(creds, auth.BasicCredentials) and users.basic_offered:
+            if users.check_basic(creds):
                 return Principal(f"user:{creds.username}", "basic")
             _log.info("Basic authentication failed for user %r, %s from %s", creds.username,
                       request.operation.value, facts.peer or "-")
-        elif isinstance(creds, auth.DigestCredentials) and self._digest_offered:
-            result = self._digest.verify(creds, request.operation.method,
-                                         self._digest_uri(request, creds.uri), self._ha1, time.time())
+        elif isinstance(creds, auth.DigestCredentials) and users.digest_offered:
+            result = users.check_digest(creds, request)
             if result is auth.DigestResult.OK:
                 return Principal(f"user:{creds.username}", "digest")
             if result is auth.DigestResult.STALE:
-                return self._refuse(stale=True)
+                return users.refuse(stale=True)
             _log.info("Digest authentication failed for user %r, %s from %s", creds.username,
                       request.operation.value, facts.peer or "-")
-        return self._refuse()
+        return users.refuse()
 
     def answer_inline(self, request: ServerRequest) -> ServerResponse | ResponseFuture | None:
         """The fast path, for a server's event loop (see
@@ -992,11 +538,11 @@ class EmbeddedCA(CABackend):
         if not isinstance(request, SimpleEnrollRequest) or self.settings.manual_approval:
             return None
         creds = request.credentials
-        if not isinstance(creds, auth.BasicCredentials) or not self._basic_offered:
+        if not isinstance(creds, auth.BasicCredentials):
             return None
         if self.settings.accept_certificates and request.facts.client_certificate is not None:
             return None  # authorize() prefers the certificate: a store read
-        if not self._basic_cached(self._basic_cache_key(creds), time.monotonic()):
+        if not self.users.basic_recently_verified(creds):
             return None
         principal = Principal(f"user:{creds.username}", "basic")
         try:
@@ -1005,130 +551,21 @@ class EmbeddedCA(CABackend):
             return ErrorResponse(404, "unknown CA label")
         try:
             return self._issue_later(request.csr, principal, request.label, Operation.SIMPLEENROLL)
-        except _Refused as exc:
+        except Refused as exc:
             return ErrorResponse(exc.status, exc.reason)
-
-    @staticmethod
-    def _digest_uri(request: ServerRequest, sent: str) -> str:
-        """The request-target Digest must match (RFC 7616 3.4.6).
-
-        ServerRequest does not carry the target, so it is rebuilt from the
-        operation and label; the ``uri`` the client sent is accepted when
-        its path is that (an absolute URI or a query string do not change
-        the resource: the EST layer ignores both).
-        """
-        expected = format_est_path(request.operation, request.label)
-        path = sent.split("?", 1)[0]
-        if path.startswith(("https://", "http://")):
-            slash = path.find("/", path.index("//") + 2)
-            path = path[slash:] if slash >= 0 else "/"
-        return sent if path == expected and path.startswith(WELL_KNOWN_PREFIX) else expected
-
-    def _ha1(self, username: str, algorithm: str) -> str | None:
-        user = self.store.get_user(username)
-        if user is None or user.realm != self.realm:
-            return None
-        return {"SHA-256": user.ha1_sha256, "MD5": user.ha1_md5}.get(algorithm)
-
-    def _basic_cache_key(self, creds: auth.BasicCredentials) -> bytes:
-        return hmac.new(
-            self._cache_secret,
-            _lp(creds.username.encode("utf-8", "surrogatepass"),
-                creds.password.encode("utf-8", "surrogatepass")),
-            hashlib.sha256,
-        ).digest()
-
-    def _basic_cached(self, key: bytes, now: float) -> bool:
-        """Whether these credentials passed the password check within
-        ``basic_cache_seconds`` (no store read, no scrypt)."""
-        if self.settings.basic_cache_seconds <= 0:
-            return False
-        with self._cache_lock:
-            expiry = self._basic_cache.get(key)
-        return expiry is not None and expiry > now
-
-    def _check_basic(self, creds: auth.BasicCredentials) -> bool:
-        ttl = self.settings.basic_cache_seconds
-        key = self._basic_cache_key(creds)
-        now = time.monotonic()
-        if self._basic_cached(key, now):
-            return True
-        user = self.store.get_user(creds.username)
-        # An unknown user is checked against a dummy hash: same cost.
-        ok = auth.check_password_hash(user.password_hash if user else None, creds.password)
-        if ok and ttl > 0:
-            with self._cache_lock:
-                if len(self._basic_cache) >= MAX_BASIC_CACHE:
-                    self._basic_cache = {k: v for k, v in self._basic_cache.items() if v > now}
-                    if len(self._basic_cache) >= MAX_BASIC_CACHE:
-                        self._basic_cache.clear()
-                self._basic_cache[key] = now + ttl
-        return ok
 
     # -- issuing -----------------------------------------------------------
 
-    @staticmethod
-    def request_fingerprint(
-        operation: Operation, label: str, requester: str, csr: pkcs10.CertificationRequest,
-    ) -> str:
-        """What identifies "the same request" when a client polls (RFC 7030 4.2.3).
+    #: See :func:`estproto.ca.approvals.request_fingerprint`.
+    request_fingerprint = staticmethod(request_fingerprint)
 
-        SHA-256 over operation, label, requester, public key (not for
-        serverkeygen, whose CSR key the server ignores, 4.4.1), subject and
-        the subjectAltName extension; see the module docstring for why the
-        CSR bytes themselves are not used.
-        """
-        san = csr.get_extension("2.5.29.17")
-        spki = b"" if operation is Operation.SERVERKEYGEN else csr.public_key_der
-        data = _lp(operation.value.encode(), label.encode(), requester.encode("utf-8", "surrogatepass"),
-                   spki, csr.subject_der, san.value_der if san else b"")
-        return hashlib.sha256(data).hexdigest()
-
-    def _check_key(self, key: object) -> None:
-        if isinstance(key, rsa.RSAPublicKey):
-            if key.key_size < self.settings.profile.min_rsa_bits:
-                raise _Refused(400, f"RSA keys need at least {self.settings.profile.min_rsa_bits} bits")
-        elif isinstance(key, ec.EllipticCurvePublicKey):
-            if key.curve.name not in _CURVES:
-                raise _Refused(400, f"elliptic curve {key.curve.name} is not accepted")
-        elif not isinstance(key, (ed25519.Ed25519PublicKey, ed448.Ed448PublicKey)):
-            raise _Refused(400, "unsupported public key type")
-
-    @staticmethod
-    def _record(
-        cert: x509.Certificate, *, requester: str, request_der: bytes | None, label: str,
-        operation: str,
-    ) -> IssuedRecord:
-        try:
-            sans = list(cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value)
-        except x509.ExtensionNotFound:
-            sans = []
-        return EmbeddedCA._record_from(
-            cert, subject=cert.subject, sans=sans, not_after=cert.not_valid_after_utc,
-            requester=requester, request_der=request_der, label=label, operation=operation,
-        )
-
-    @staticmethod
-    def _record_from(
-        cert: x509.Certificate, *, subject: x509.Name, sans: Sequence[x509.GeneralName],
-        not_after: datetime.datetime, requester: str, request_der: bytes | None, label: str,
-        operation: str,
-    ) -> IssuedRecord:
-        """The record of *cert*, from the subject, SANs and notAfter it was
-        built with (parsing them back out of the new certificate would cost
-        as much as the rest of the record)."""
-        return IssuedRecord(
-            serial=format(cert.serial_number, "x"),
-            der=cert.public_bytes(serialization.Encoding.DER),
-            subject=subject.rfc4514_string(),
-            san=_san_text(sans),
-            requester=requester,
-            request_der=request_der,
-            label=label,
-            operation=operation,
-            issued_at=datetime.datetime.now(datetime.timezone.utc),
-            not_after=not_after,
-        )
+    def _issuance(
+        self, csr: pkcs10.CertificationRequest, principal: Principal, label: str, operation: Operation,
+        public_key: CertificatePublicKeyTypes | None, request_der: bytes | None,
+    ) -> _Issuance:
+        """Raises Refused when the profile refuses the request."""
+        return _Issuance(self.signer, self.policy.draft(csr, public_key), csr, principal, label,
+                         operation, csr.der if request_der is None else request_der)
 
     def _issue(
         self,
@@ -1144,18 +581,18 @@ class EmbeddedCA(CABackend):
         """Sign a certificate for *csr* under the profile and record it.
 
         Raises:
-            _Refused: the profile refuses the request.
+            Refused: the profile refuses the request.
             StoreError: not recorded (then it is not returned either).
         """
-        draft = self._draft(csr, principal, label, operation, public_key, request_der)
+        issuance = self._issuance(csr, principal, label, operation, public_key, request_der)
         for _ in range(_SERIAL_ATTEMPTS):
-            cert, record = draft.sign()
+            cert, record = issuance.sign()
             try:
                 self.store.record_issued(record, pending_id=pending_id)
             except DuplicateSerialError:
                 _log.warning("serial number collision on %s; drawing another", record.serial)
                 continue
-            draft.log_issued(record)
+            issuance.log_issued(record)
             return cert
         raise StoreError("could not find an unused serial number")
 
@@ -1167,22 +604,22 @@ class EmbeddedCA(CABackend):
         record durable (or the StoreError saying it did not).
 
         Raises:
-            _Refused: the profile refuses the request.
+            Refused: the profile refuses the request.
             StoreError: the store is closed.
         """
-        draft = self._draft(csr, principal, label, operation, None, None)
+        issuance = self._issuance(csr, principal, label, operation, None, None)
         future = ResponseFuture()
         attempts = 0
 
         def attempt() -> None:
             nonlocal attempts
             attempts += 1
-            cert, record = draft.sign()
+            cert, record = issuance.sign()
             first = attempts == 1
 
             def committed(error: BaseException | None) -> None:  # on the committer
                 if error is None:
-                    draft.log_issued(record)
+                    issuance.log_issued(record)
                     future.set_response(CertificateResponse(cert))
                 elif isinstance(error, DuplicateSerialError) and attempts < _SERIAL_ATTEMPTS:
                     _log.warning("serial number collision on %s; drawing another", record.serial)
@@ -1204,88 +641,13 @@ class EmbeddedCA(CABackend):
         attempt()
         return future
 
-    def _draft(
-        self, csr: pkcs10.CertificationRequest, principal: Principal, label: str, operation: Operation,
-        public_key: CertificatePublicKeyTypes | None, request_der: bytes | None,
-    ) -> _Draft:
-        """Everything of the certificate for *csr* but its serial number.
-
-        Raises:
-            _Refused: the profile refuses the request.
-        """
-        key = csr.public_key if public_key is None else public_key
-        self._check_key(key)
-        profile = self.settings.profile
-        sans = list(csr.subject_alt_names)
-        empty_subject = len(csr.subject) == 0
-        if empty_subject and not sans:
-            raise _Refused(400, "the CSR has neither a subject nor a subjectAltName")
-        now = datetime.datetime.now(datetime.timezone.utc)
-        # X.509 times have whole seconds: this is the notAfter the certificate holds.
-        not_after = (now + datetime.timedelta(days=profile.validity_days)).replace(microsecond=0)
-        # Never beyond the issuer's own notAfter: such a certificate would stop
-        # validating with its chain before it "expires" (RFC 5280 6.1.3).
-        not_after = min(not_after, self.issuer_certificate.not_valid_after_utc)
-        builder = (
-            self._base_builder
-            .add_extension(_end_entity_key_usage(key), critical=True)
-            .subject_name(csr.subject)
-            .public_key(key)
-            .not_valid_before(now - _BACKDATE)
-            .not_valid_after(not_after)
-            .add_extension(x509.SubjectKeyIdentifier.from_public_key(key), critical=False)
-            .add_extension(self._aki, critical=False)
-        )
-        if profile.extended_key_usages:
-            builder = builder.add_extension(
-                x509.ExtendedKeyUsage(list(profile.extended_key_usages)), critical=False)
-        if sans:
-            # RFC 5280 4.2.1.6: with an empty subject the SAN is critical.
-            builder = builder.add_extension(x509.SubjectAlternativeName(sans), critical=empty_subject)
-        for ext in csr.extensions:
-            if ext.oid in profile.copy_extensions and ext.oid not in _NEVER_COPIED:
-                builder = builder.add_extension(
-                    x509.UnrecognizedExtension(x509.ObjectIdentifier(ext.oid), ext.value_der),
-                    critical=ext.critical,
-                )
-        return _Draft(self, builder, csr, sans, not_after, principal, label, operation,
-                      csr.der if request_der is None else request_der)
-
     def _gate(
         self, csr: pkcs10.CertificationRequest, principal: Principal, label: str, operation: Operation,
     ) -> ServerResponse | x509.Certificate | int | None:
-        """Manual approval: a response to send now (202 / 403), the
-        certificate already issued for this request, the id of an approved
-        request to issue now, or None when approval is off."""
+        """Manual approval (:meth:`Approvals.gate`), or None when it is off."""
         if not self.settings.manual_approval:
             return None
-        fp = self.request_fingerprint(operation, label, principal.name, csr)
-        for _ in range(3):
-            record = self.store.find_pending(fp)
-            if record is None or (record.state is PendingState.ISSUED
-                                  and operation is Operation.SERVERKEYGEN):
-                record = self.store.add_pending(
-                    fingerprint=fp, label=label, operation=operation.value,
-                    requester=principal.name, subject=csr.subject.rfc4514_string(), csr_der=csr.der,
-                )
-                _log.info("enrollment %d pending approval (%s)", record.id, principal.name)
-                return self._retry_later(record)
-            if record.state is PendingState.PENDING:
-                return self._retry_later(record)
-            if record.state is PendingState.REJECTED:
-                return ErrorResponse(403, "enrollment request rejected by the CA operator")
-            if record.state is PendingState.APPROVED:
-                return record.id
-            assert record.serial is not None
-            issued = self.store.get_issued(record.serial)
-            if issued is None or issued.revoked:
-                return ErrorResponse(403, "the certificate issued for this request was revoked")
-            return issued.certificate
-        raise StoreError("pending request changed state repeatedly")
-
-    def _retry_later(self, record: PendingRecord) -> RetryLater:
-        return RetryLater(self.settings.retry_after,
-                          f"enrollment request {record.id} is waiting for approval")
+        return self.approvals.gate(csr, principal, label, operation)
 
     def _enroll(
         self, csr: pkcs10.CertificationRequest, principal: Principal, label: str,
@@ -1307,7 +669,7 @@ class EmbeddedCA(CABackend):
             if isinstance(again, (ServerResponse, x509.Certificate)):
                 return again
             raise
-        except _Refused as exc:
+        except Refused as exc:
             return ErrorResponse(exc.status, exc.reason)
 
     def enroll(self, request: SimpleEnrollRequest, principal: Principal) -> ServerResponse:
@@ -1336,76 +698,10 @@ class EmbeddedCA(CABackend):
 
     # -- serverkeygen ------------------------------------------------------
 
-    def _generate_like(self, csr: pkcs10.CertificationRequest) -> PrivateKey:
-        """A new key of the CSR key's kind (RFC 7030 4.4.1: the CSR's key
-        itself is ignored), else of the profile's default kind."""
-        requested = csr.public_key
-        if isinstance(requested, rsa.RSAPublicKey):
-            bits = min(max(requested.key_size, self.settings.profile.min_rsa_bits, 2048), 4096)
-            return rsa.generate_private_key(65537, bits)
-        if isinstance(requested, ec.EllipticCurvePublicKey) and requested.curve.name in _CURVES:
-            return ec.generate_private_key(_CURVES[requested.curve.name]())
-        if isinstance(requested, ed25519.Ed25519PublicKey):
-            return ed25519.Ed25519PrivateKey.generate()
-        if isinstance(requested, ed448.Ed448PublicKey):
-            return ed448.Ed448PrivateKey.generate()
-        return _new_key(self.settings.profile.serverkeygen_key_type)
-
-    def _key_recipient(self, request: ServerKeygenRequest) -> serverkey.Recipient | ErrorResponse | None:
-        csr = request.csr
-        if csr.decrypt_key_identifier is not None:
-            kek = self.settings.keks.get(csr.decrypt_key_identifier)
-            if kek is None:
-                return ErrorResponse(400, "unknown DecryptKeyIdentifier (RFC 7030 4.4.1.1)")
-            return serverkey.KEKRecipient(csr.decrypt_key_identifier, kek)
-        if csr.asymmetric_decrypt_key_identifier is not None:
-            return self._asymmetric_recipient(request, csr.asymmetric_decrypt_key_identifier)
-        return None
-
-    @staticmethod
-    def _asymmetric_recipient(
-        request: ServerKeygenRequest, identifier: bytes,
-    ) -> serverkey.Recipient | ErrorResponse:
-        """4.4.1.2: the identifier names a key the client holds; the one we
-        can vouch for is its verified TLS client certificate's: RSA gets key
-        transport (ktri), EC key agreement (kari), 4.4.2."""
-        cert = request.facts.client_certificate
-        ski = None
-        if cert is not None and request.facts.client_certificate_verified:
-            try:
-                ski = cert.extensions.get_extension_for_class(x509.SubjectKeyIdentifier).value.digest
-            except x509.ExtensionNotFound:
-                ski = None
-        if cert is None or ski != identifier:
-            return ErrorResponse(
-                400, "AsymmetricDecryptKeyIdentifier must name the key of the verified TLS client "
-                     "certificate (RFC 7030 4.4.1.2)")
-        try:
-            usage: x509.KeyUsage | None = cert.extensions.get_extension_for_class(x509.KeyUsage).value
-        except x509.ExtensionNotFound:
-            usage = None  # unrestricted
-        public = cert.public_key()
-        # 4.4.1.2: "the key MUST either explicitly support keyTransport or
-        # keyAgreement or its use MUST be unrestricted."
-        if isinstance(public, rsa.RSAPublicKey) and (usage is None or usage.key_encipherment):
-            return serverkey.KeyTransRecipient(public, subject_key_identifier=ski)
-        if isinstance(public, ec.EllipticCurvePublicKey) and (usage is None or usage.key_agreement):
-            # 4.4.2: keyEncryptionAlgorithm "is set to one of the key wrap
-            # algorithms that the client included in the SMIMECapabilities".
-            wrap = next((_KEY_WRAPS[oid] for oid in request.csr.smime_capabilities
-                         if oid in _KEY_WRAPS), None)
-            try:
-                return serverkey.KeyAgreeRecipient(public, subject_key_identifier=ski, key_wrap=wrap)
-            except LocalProtocolError:
-                pass  # a curve we do not agree keys on: refused below
-        return ErrorResponse(
-            400, "the TLS client certificate's key cannot receive an encrypted key: it must be RSA "
-                 "with keyEncipherment or EC (P-256/384/521) with keyAgreement (RFC 7030 4.4.1.2)")
-
     def serverkeygen(self, request: ServerKeygenRequest, principal: Principal) -> ServerResponse:
         """/serverkeygen (RFC 7030 4.4): a new key of the CSR key's type,
         unencrypted PKCS#8, or encrypted to the KEK the CSR names."""
-        recipient = self._key_recipient(request)
+        recipient = key_recipient(request, self.settings.keks)
         if isinstance(recipient, ErrorResponse):
             return recipient
         try:
@@ -1415,18 +711,18 @@ class EmbeddedCA(CABackend):
         gate = self._gate(request.csr, principal, request.label, Operation.SERVERKEYGEN)
         if isinstance(gate, ServerResponse):
             return gate
-        if isinstance(gate, x509.Certificate):  # pragma: no cover - _gate starts a new request
+        if isinstance(gate, x509.Certificate):  # pragma: no cover - the gate starts a new request
             return ErrorResponse(409, "the key for this request was already delivered")
-        key = self._generate_like(request.csr)
+        key = generate_like(request.csr, self.settings.profile)
         try:
             cert = self._issue(request.csr, principal, request.label, Operation.SERVERKEYGEN,
                                public_key=key.public_key(), pending_id=gate)
-        except _Refused as exc:
+        except Refused as exc:
             return ErrorResponse(exc.status, exc.reason)
         if recipient is None:
             return ServerKeygenResponse(cert, private_key=key)
         encrypted = serverkey.encrypt_key_package(
-            key, signer_key=self._issuer_key, signer_cert=self.issuer_certificate, recipient=recipient)
+            key, signer_key=self.signer.key, signer_cert=self.issuer_certificate, recipient=recipient)
         return ServerKeygenResponse(cert, encrypted_key=encrypted)
 
     # -- fullcmc -----------------------------------------------------------
@@ -1443,7 +739,7 @@ class EmbeddedCA(CABackend):
         """
         req = request.request
         common: dict[str, Any] = dict(
-            signer_key=self._issuer_key, signer_cert=self.issuer_certificate,
+            signer_key=self.signer.key, signer_cert=self.issuer_certificate,
             transaction_id=req.transaction_id, recipient_nonce=req.sender_nonce,
             sender_nonce=secrets.token_bytes(16),
         )
@@ -1491,7 +787,7 @@ class EmbeddedCA(CABackend):
                 try:
                     cert = self._issue(csr, principal, request.label, Operation.FULLCMC,
                                        request_der=request.der, pending_id=gate)
-                except _Refused as exc:
+                except Refused as exc:
                     return failed(exc.fail_info, exc.reason, exc.status)
             der = cmc.build_full_pki_response_success(
                 (cert,) + self.ca_certificates, body_part_ids=(tagged.body_part_id,), **common)
@@ -1499,21 +795,4 @@ class EmbeddedCA(CABackend):
         except StoreError:
             _log.exception("certificate store failure on fullcmc")
             return failed(cmc.CMCFailInfo.TRY_LATER, "certificate store unavailable", 503)
-
-
-class _FileLock:
-    """An exclusive ``flock`` on a file, as a context manager."""
-
-    def __init__(self, path: Path) -> None:
-        self.path = path
-        self._fd = -1
-
-    def __enter__(self) -> _FileLock:
-        self._fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o600)
-        fcntl.flock(self._fd, fcntl.LOCK_EX)
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        fcntl.flock(self._fd, fcntl.LOCK_UN)
-        os.close(self._fd)
 

@@ -57,6 +57,7 @@ from pathlib import Path
 from typing import Any, Callable, Final, Sequence, TypeVar
 
 from cryptography import x509
+from cryptography.hazmat.primitives import serialization
 
 __all__ = [
     "StoreError",
@@ -184,6 +185,33 @@ class IssuedRecord:
     not_after: datetime.datetime
     revoked_at: datetime.datetime | None = None
     revocation_reason: str | None = None
+
+    @classmethod
+    def for_certificate(
+        cls, cert: x509.Certificate, *, requester: str, request_der: bytes | None, label: str,
+        operation: str, subject: x509.Name | None = None,
+        sans: Sequence[x509.GeneralName] | None = None, not_after: datetime.datetime | None = None,
+    ) -> IssuedRecord:
+        """The record of *cert*. An issuer passes the subject, SANs and
+        notAfter it built the certificate with: parsing them back out of
+        the new certificate would cost as much as the rest of the record."""
+        if sans is None:
+            try:
+                sans = list(cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value)
+            except x509.ExtensionNotFound:
+                sans = []
+        return cls(
+            serial=format(cert.serial_number, "x"),
+            der=cert.public_bytes(serialization.Encoding.DER),
+            subject=(cert.subject if subject is None else subject).rfc4514_string(),
+            san=", ".join(f"{type(n).__name__[:-4] or 'Name'}:{getattr(n, 'value', n)}" for n in sans),
+            requester=requester,
+            request_der=request_der,
+            label=label,
+            operation=operation,
+            issued_at=_now(),
+            not_after=cert.not_valid_after_utc if not_after is None else not_after,
+        )
 
     @property
     def certificate(self) -> x509.Certificate:
@@ -328,6 +356,13 @@ class Store(abc.ABC):
     def count_issued(self) -> int:
         """How many certificates are recorded."""
 
+    def list_revoked(self) -> list[IssuedRecord]:
+        """Revoked certificates, in the order they were revoked (what a CRL
+        lists). This default reads every record; a store with an index does
+        better."""
+        revoked = [r for r in self.list_issued() if r.revoked]
+        return sorted(revoked, key=lambda r: (r.revoked_at, r.serial))
+
     @abc.abstractmethod
     def revoke(self, serial: str, reason: str, actor: str) -> IssuedRecord:
         """Mark *serial* revoked (idempotent: a second call keeps the first date).
@@ -404,7 +439,8 @@ class Store(abc.ABC):
 #: The schema version this code writes. Version history:
 #: 1: issued, pending, users, audit tables.
 #: 2: indexes for listings (issued by requester, pending by state).
-SCHEMA_VERSION: Final = 2
+#: 3: partial index of revoked certificates (the CRL reads only those).
+SCHEMA_VERSION: Final = 3
 
 _MIGRATIONS: Final[tuple[tuple[str, ...], ...]] = (
     # to version 1
@@ -457,6 +493,10 @@ _MIGRATIONS: Final[tuple[tuple[str, ...], ...]] = (
     (
         "CREATE INDEX issued_requester ON issued (requester)",
         "CREATE INDEX pending_state ON pending (state)",
+    ),
+    # to version 3
+    (
+        "CREATE INDEX issued_revoked ON issued (revoked_at) WHERE revoked_at IS NOT NULL",
     ),
 )
 
@@ -960,6 +1000,13 @@ class SQLiteStore(Store):
 
     def count_issued(self) -> int:
         return int(self._read("SELECT count(*) FROM issued")[0][0])
+
+    def list_revoked(self) -> list[IssuedRecord]:
+        rows = self._read(
+            f"SELECT {self._ISSUED_COLUMNS} FROM issued WHERE revoked_at IS NOT NULL "
+            "ORDER BY revoked_at, serial"
+        )
+        return [self._issued(r) for r in rows]
 
     def revoke(self, serial: str, reason: str, actor: str) -> IssuedRecord:
         at = _ts(_now())

@@ -47,7 +47,6 @@ from dataclasses import dataclass
 from typing import Any, Awaitable, Callable
 
 from cryptography import x509
-from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
 from cryptography.hazmat.primitives.asymmetric.types import PublicKeyTypes
@@ -63,6 +62,7 @@ from .._adapter_common import (
 from .._errors import DecodeError, LocalProtocolError, RemoteProtocolError
 from .._paths import WELL_KNOWN_PREFIX
 from .._tls import ClientTLSContext, TLSError
+from ..chain import issuer_chain
 from ..client import Credentials, check_fingerprint
 from ..codecs import cmc, csrattrs, pkcs7, pkcs10
 from ._common import (
@@ -86,7 +86,7 @@ from ._common import (
     write_private_key,
 )
 
-__all__ = ["add_parsers", "parse_url", "Target", "new_key", "KEY_TYPES", "chain_verifies", "issuer_chain"]
+__all__ = ["add_parsers", "parse_url", "Target", "new_key", "KEY_TYPES"]
 
 #: Key types the client generates (``--key-type``).
 KEY_TYPES = ("p256", "p384", "rsa2048", "rsa3072", "ed25519")
@@ -149,40 +149,6 @@ def _spki(key: PublicKeyTypes) -> bytes:
     return key.public_bytes(
         serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
     )
-
-
-def chain_verifies(cert: x509.Certificate, trust: list[x509.Certificate]) -> bool:
-    """Whether *cert* chains to a self-signed certificate of *trust* (a
-    ca.pem bundle: the root, and the intermediate if any): each signature
-    checked, each certificate within its validity, CA certificates marked CA.
-
-    (cryptography's ``PolicyBuilder`` client verifier would also demand a
-    subjectAltName in the leaf, which EST certificates need not have.)
-    """
-    import datetime
-
-    now = datetime.datetime.now(datetime.timezone.utc)
-    current = cert
-    for _ in range(len(trust) + 1):
-        if not current.not_valid_before_utc <= now <= current.not_valid_after_utc:
-            return False
-        for issuer in trust:
-            if issuer.subject != current.issuer:
-                continue
-            try:
-                ca = issuer.extensions.get_extension_for_class(x509.BasicConstraints).value.ca
-                current.verify_directly_issued_by(issuer)
-            except (x509.ExtensionNotFound, ValueError, TypeError, InvalidSignature):
-                continue
-            if not ca:
-                continue
-            if issuer.subject == issuer.issuer:
-                return issuer.not_valid_before_utc <= now <= issuer.not_valid_after_utc
-            current = issuer
-            break
-        else:
-            return False
-    return False
 
 
 # -- trust and connection ------------------------------------------------------
@@ -353,36 +319,6 @@ def _existing_key(args: argparse.Namespace, session: _Session) -> pkcs10.Private
     if session.client_key is not None:
         return session.client_key
     return read_private_key(args.key, session.passphrase) if getattr(args, "key", None) else None
-
-
-def issuer_chain(cert: x509.Certificate, pool: list[x509.Certificate]) -> list[x509.Certificate]:
-    """The CA certificates of *pool* above *cert*, nearest first, up to and
-    excluding the self-signed root: what a TLS peer sends after its own
-    certificate (RFC 8446 4.4.2; the root is the relying party's).
-
-    Raises:
-        LookupError: an issuer is not in *pool* (named in the message).
-    """
-    chain: list[x509.Certificate] = []
-    current = cert
-    for _ in range(len(pool) + 1):
-        for issuer in pool:
-            if issuer.subject != current.issuer:
-                continue
-            try:
-                current.verify_directly_issued_by(issuer)
-            except (ValueError, TypeError, InvalidSignature):
-                continue
-            break
-        else:
-            raise LookupError(current.issuer.rfc4514_string())
-        if issuer.subject == issuer.issuer:
-            return chain
-        if issuer in chain:
-            break
-        chain.append(issuer)
-        current = issuer
-    raise LookupError(f"a loop above {cert.subject.rfc4514_string()}")
 
 
 async def _chain_pool(args: argparse.Namespace, session: _Session, client: Any,

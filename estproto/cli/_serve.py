@@ -57,7 +57,7 @@ from typing import Any, Callable
 from .. import auth
 from .._config import ServerConfig
 from ..ca import CA_FILES, CASettings, EmbeddedCA, Profile
-from ..ca.authority import AUTH_SCHEMES, DEFAULT_AUTH_SCHEMES
+from ..ca.users import AUTH_SCHEMES, DEFAULT_AUTH_SCHEMES
 from ._ca import init_ca
 from ._serve_config import SECTION, Setting, apply_config_file
 from ._common import (

@@ -29,7 +29,7 @@ import abc
 import datetime
 import inspect
 import logging
-from typing import Any, Awaitable, Callable, Protocol, TypeVar, Union
+from typing import Any, Awaitable, Callable, Mapping, Protocol, TypeVar, Union
 
 from cryptography import x509
 
@@ -66,6 +66,7 @@ from ._events import (
     ServerResponse,
 )
 from ._paths import format_est_path
+from ._publication import PublicationConnection
 from ._response_future import InlineHandler, ResponseFuture
 from ._tls import ClientTLSContext
 from .client import ClientConnection
@@ -92,6 +93,10 @@ __all__ = [
     "Handler",
     "ByteStream",
     "ClientBase",
+    "PublishedFile",
+    "PUBLICATION_CONNECTIONS",
+    "PUBLICATION_IDLE_TIMEOUT",
+    "serve_publication_stream",
 ]
 
 #: Connections served at once per server. 1024 is the usual per-process
@@ -486,3 +491,54 @@ class ClientBase(abc.ABC):
     async def fullcmc(self, request_der: bytes) -> FullCMCReceived:
         """See :meth:`ClientSession.fullcmc`."""
         return await self._drive(self.session.fullcmc(request_der))
+
+
+# ---------------------------------------------------------------------------
+# Plain-HTTP publication (the CRL): what both adapters' serve_publication run.
+
+#: What a published path serves: a blocking function (it may read a store
+#: and sign) returning the body and its media type.
+PublishedFile = Callable[[], tuple[bytes, str]]
+
+#: Connections a publication server serves at once; beyond it a new
+#: connection is closed at once (a fetcher retries), so a flood of idle
+#: connections cannot hold the EST server's file descriptors.
+PUBLICATION_CONNECTIONS = 256
+
+#: Seconds a publication connection may stay silent: a fetch is one GET.
+PUBLICATION_IDLE_TIMEOUT = 10.0
+
+
+async def serve_publication_stream(
+    stream: ByteStream, files: Mapping[str, PublishedFile],
+    run_blocking: Callable[[PublishedFile], Awaitable[tuple[bytes, str]]],
+    clock: Callable[[], float], logger: logging.Logger,
+) -> None:
+    """Serve one plain-HTTP connection of :class:`PublicationConnection`:
+    read (each wait bounded by :data:`PUBLICATION_IDLE_TIMEOUT`), answer
+    each request with its file (produced by *run_blocking*, off the loop),
+    write; a failing producer is answered 503 and logged."""
+    conn = PublicationConnection(files.keys())
+    try:
+        while not conn.closed:
+            request = conn.next_request()
+            if request is not None:
+                try:
+                    body, media_type = await run_blocking(files[request.path])
+                except Exception:
+                    logger.exception("cannot produce %s", request.path)
+                    conn.send_error(503, "temporarily unavailable")
+                else:
+                    conn.send_file(body, media_type)
+            out = conn.data_to_send()
+            if out:
+                await stream.send_all(out)
+            if request is None and not conn.closed:
+                data = await stream.receive(clock() + PUBLICATION_IDLE_TIMEOUT)
+                if data is None:
+                    break  # idle too long
+                conn.receive_data(data)
+    except OSError:
+        pass  # the peer went away
+    finally:
+        await stream.aclose(conn.data_to_send())

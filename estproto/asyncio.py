@@ -46,7 +46,7 @@ import contextvars
 import functools
 import logging
 import socket
-from typing import Any, Awaitable, Callable, Sequence
+from typing import Any, Awaitable, Callable, Mapping, Sequence
 
 from ._adapter_common import (
     ACCEPT_RETRY_DELAY,
@@ -55,6 +55,7 @@ from ._adapter_common import (
     LINGER_BYTES,
     LINGER_TIMEOUT,
     MAX_CONNECTIONS,
+    PUBLICATION_CONNECTIONS,
     RECEIVE_SIZE,
     SERVER_LOGGER,
     SHUTDOWN_TIMEOUT,
@@ -65,8 +66,10 @@ from ._adapter_common import (
     ESTError,
     ESTPendingError,
     Handler,
+    PublishedFile,
     answer_events,
     make_handler_caller,
+    serve_publication_stream,
 )
 from ._config import ServerConfig
 from ._errors import LocalProtocolError
@@ -557,6 +560,85 @@ async def serve(
         # Shielded: a cancelled serve() still finishes in-flight requests,
         # bounded by shutdown_timeout.
         await _shielded(server.wait_closed())
+
+
+class PublicationServer:
+    """A running plain-HTTP publication server (:func:`start_publication_server`)."""
+
+    def __init__(self, files: Mapping[str, PublishedFile], listeners: list[socket.socket],
+                 logger: logging.Logger) -> None:
+        self._loop = asyncio.get_running_loop()
+        self._files = dict(files)
+        self._log = logger
+        self._listeners = listeners
+        self._open = 0
+        self._tasks: set[asyncio.Task[None]] = set()
+        #: The port listened on (the first listener's).
+        self.port: int = listeners[0].getsockname()[1]
+        self._accepting = [self._loop.create_task(self._accept(sock)) for sock in listeners]
+
+    async def _accept(self, listener: socket.socket) -> None:
+        while True:
+            try:
+                sock, _ = await self._loop.sock_accept(listener)
+            except OSError as exc:
+                self._log.warning("accept failed: %s", exc)
+                await asyncio.sleep(ACCEPT_RETRY_DELAY)
+                continue
+            if self._open >= PUBLICATION_CONNECTIONS:
+                sock.close()  # at the cap: the fetcher retries
+                continue
+            self._open += 1
+            task = self._loop.create_task(self._serve(sock))
+            self._tasks.add(task)
+            task.add_done_callback(self._forget)
+
+    def _forget(self, task: asyncio.Task[None]) -> None:
+        self._tasks.discard(task)
+        self._open -= 1
+
+    async def _run_blocking(self, produce: PublishedFile) -> tuple[bytes, str]:
+        return await self._loop.run_in_executor(None, produce)
+
+    async def _serve(self, sock: socket.socket) -> None:
+        stream = _Stream()
+        try:
+            await self._loop.connect_accepted_socket(lambda: stream, sock)
+        except OSError:
+            sock.close()
+            return
+        await serve_publication_stream(stream, self._files, self._run_blocking, self._loop.time, self._log)
+
+    async def aclose(self) -> None:
+        """Stop accepting and end the open connections."""
+        for task in self._accepting:
+            task.cancel()
+        for sock in self._listeners:
+            sock.close()
+        for task in list(self._tasks):
+            task.cancel()
+        await asyncio.gather(*self._accepting, *self._tasks, return_exceptions=True)
+
+
+async def start_publication_server(
+    files: Mapping[str, PublishedFile],
+    host: str = "127.0.0.1",
+    port: int = 0,
+    *,
+    sockets: Sequence[socket.socket] | None = None,
+    logger: logging.Logger | None = None,
+) -> PublicationServer:
+    """Serve *files* (path -> producer) over plain HTTP: the CRL a CA
+    publishes (:mod:`estproto._publication`). Producers run in the loop's
+    default executor. Stop it with :meth:`PublicationServer.aclose`.
+
+    Raises:
+        OSError: the address could not be bound.
+    """
+    listeners = list(sockets) if sockets is not None else await _listen(host, port)
+    for sock in listeners:
+        sock.setblocking(False)
+    return PublicationServer(files, listeners, logger or logging.getLogger(SERVER_LOGGER))
 
 
 async def _one_turn() -> None:

@@ -37,7 +37,7 @@ import inspect
 import logging
 import math
 import socket
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Mapping, Sequence
 
 import trio
 
@@ -48,6 +48,7 @@ from ._adapter_common import (
     LINGER_BYTES,
     LINGER_TIMEOUT,
     MAX_CONNECTIONS,
+    PUBLICATION_CONNECTIONS,
     RECEIVE_SIZE,
     SERVER_LOGGER,
     SHUTDOWN_TIMEOUT,
@@ -58,8 +59,10 @@ from ._adapter_common import (
     ESTError,
     ESTPendingError,
     Handler,
+    PublishedFile,
     answer_events,
     make_handler_caller,
+    serve_publication_stream,
 )
 from ._config import ServerConfig
 from ._errors import LocalProtocolError
@@ -418,3 +421,42 @@ class ESTClient(ClientBase):
 
     def _clock(self) -> float:
         return trio.current_time()
+
+
+async def serve_publication(
+    files: Mapping[str, PublishedFile],
+    host: str = "127.0.0.1",
+    port: int = 0,
+    *,
+    task_status: trio.TaskStatus[int] = trio.TASK_STATUS_IGNORED,
+    sockets: Sequence[socket.socket] | None = None,
+    logger: logging.Logger | None = None,
+) -> None:
+    """Serve *files* (path -> producer) over plain HTTP until cancelled: the
+    CRL a CA publishes (:mod:`estproto._publication`). ``task_status``
+    reports the port. Producers run in worker threads."""
+    log = logger or logging.getLogger("estproto.server")
+    if sockets is None:
+        listeners = await trio.open_tcp_listeners(port, host=host)
+    else:
+        listeners = [trio.SocketListener(trio.socket.from_stdlib_socket(s)) for s in sockets]
+    slots = trio.CapacityLimiter(PUBLICATION_CONNECTIONS)
+
+    async def run_blocking(produce: PublishedFile) -> tuple[bytes, str]:
+        return await trio.to_thread.run_sync(produce)
+
+    async def handle(stream: trio.SocketStream) -> None:
+        try:
+            slots.acquire_nowait()
+        except trio.WouldBlock:
+            await trio.aclose_forcefully(stream)
+            return
+        try:
+            await serve_publication_stream(_Stream(stream), files, run_blocking, trio.current_time, log)
+        finally:
+            slots.release()
+
+    bound = listeners[0].socket.getsockname()[1]
+    async with trio.open_nursery() as nursery:
+        await nursery.start(trio.serve_listeners, handle, listeners)
+        task_status.started(bound)

@@ -25,6 +25,7 @@ its record.
 from __future__ import annotations
 
 import dataclasses
+import datetime
 import logging
 import os
 import secrets
@@ -67,6 +68,7 @@ from ..codecs.csrattrs import (
 )
 from . import data_dir as _directory
 from .approvals import Approvals, request_fingerprint
+from .crl import CRL_LIFETIME, CRLPublisher, build_crl, check_crl_url, distribution_point
 from .backend import CABackend, Principal
 from .data_dir import CA_FILES
 from .errors import CAError, Refused
@@ -132,6 +134,9 @@ class CASettings:
         keks: DecryptKeyIdentifier -> AES key-encryption key for encrypted
             serverkeygen responses (RFC 7030 4.4.1.1).
         group_commit: batch store commits (see :mod:`estproto.ca.store`).
+        crl_url: an ``http://`` URL where the CRL is published; issued
+            certificates then carry it as their cRLDistributionPoints
+            (RFC 5280 4.2.1.13). None: no CRL is announced.
     """
 
     profile: Profile = field(default_factory=Profile)
@@ -146,9 +151,12 @@ class CASettings:
     basic_cache_seconds: float = 30.0
     keks: Mapping[bytes, bytes] = field(default_factory=dict, repr=False)
     group_commit: bool = True
+    crl_url: str | None = None
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "labels", frozenset(self.labels))
+        if self.crl_url is not None:
+            check_crl_url(self.crl_url)
         if self.retry_after < 0:
             raise CAError("retry_after must be >= 0")
         schemes = tuple(self.auth_schemes)
@@ -226,7 +234,8 @@ class EmbeddedCA(CABackend):
         chain = [self.issuer_certificate] if self.issuer_certificate != self.root_certificate else []
         #: The CA certificates a client trusts (ca.pem, /cacerts): issuing CA first.
         self.ca_certificates: tuple[x509.Certificate, ...] = tuple(chain) + (self.root_certificate,)
-        self.policy = IssuingPolicy(settings.profile, self.issuer_certificate)
+        crldp = () if settings.crl_url is None else (distribution_point(settings.crl_url),)
+        self.policy = IssuingPolicy(settings.profile, self.issuer_certificate, crldp)
         algorithms = [AUTH_SCHEMES[a] for a in settings.auth_schemes if a != "basic"]
         self.users = UserDirectory(
             store, realm, digest_secret, schemes=settings.challenge_schemes,
@@ -440,6 +449,21 @@ class EmbeddedCA(CABackend):
             NotFoundError: no such certificate.
         """
         return self.revocation.revoke(serial, reason, actor)
+
+    def crl(self, lifetime: datetime.timedelta = CRL_LIFETIME) -> x509.CertificateRevocationList:
+        """A CRL of every revoked, unexpired certificate, signed now by the
+        issuing CA (:func:`estproto.ca.crl.build_crl`).
+
+        Raises:
+            StoreError: the revocations could not be read.
+        """
+        return build_crl(self.signer, self.store.list_revoked(),
+                         this_update=datetime.datetime.now(datetime.timezone.utc), lifetime=lifetime)
+
+    def crl_publisher(self, lifetime: datetime.timedelta = CRL_LIFETIME) -> CRLPublisher:
+        """The CRL a server publishes, re-signed after revocations and
+        before it ages (:class:`~estproto.ca.crl.CRLPublisher`)."""
+        return CRLPublisher(self.signer, self.store, lifetime=lifetime)
 
     # -- CABackend: reading ------------------------------------------------
 

@@ -30,6 +30,7 @@ this one certificate needs.
 from __future__ import annotations
 
 import argparse
+import datetime
 import getpass
 import json
 import sys
@@ -237,6 +238,26 @@ def _revoke(ca: EmbeddedCA, args: argparse.Namespace) -> int:
     return 0
 
 
+def _crl(ca: EmbeddedCA, args: argparse.Namespace) -> int:
+    crl = ca.crl(datetime.timedelta(hours=args.hours))
+    encoding = serialization.Encoding.DER if args.format == "der" else serialization.Encoding.PEM
+    write_output(args.out, crl.public_bytes(encoding))
+    assert crl.next_update_utc is not None
+    print(f"CRL with {len(crl)} revoked certificate(s), next update {crl.next_update_utc:%Y-%m-%d %H:%M} UTC",
+          file=sys.stderr)
+    return 0
+
+
+def _crl_hours(text: str) -> int:
+    try:
+        hours = int(text)
+    except ValueError:
+        hours = 0
+    if not 1 <= hours <= 24 * 366:
+        raise argparse.ArgumentTypeError(f"{text!r}: whole hours from 1 to {24 * 366}")
+    return hours
+
+
 def _fingerprint(ca: EmbeddedCA, args: argparse.Namespace) -> int:
     print(ca.fingerprint())
     return 0
@@ -336,7 +357,7 @@ def add_parser(commands: Any, formatter: type[argparse.HelpFormatter]) -> None:
     """Add ``ca`` and its subcommands to *commands* (an argparse subparsers
     object)."""
     ca = commands.add_parser(
-        "ca", help="operate the embedded CA (init, users, approvals, revocation)",
+        "ca", help="operate the embedded CA (init, users, approvals, revocation, CRLs)",
         description="Operate the embedded CA kept in a data directory.",
         epilog="example:\n  estproto ca init --data-dir ./est-ca --hostname 127.0.0.1",
         formatter_class=formatter,
@@ -399,6 +420,15 @@ def add_parser(commands: Any, formatter: type[argparse.HelpFormatter]) -> None:
     p.add_argument("--reason", choices=_REASONS, default="unspecified", metavar="REASON",
                    help="RFC 5280 reason: " + ", ".join(_REASONS))
     p.set_defaults(func=_with_ca(_revoke))
+
+    p = command("crl", "write a CRL of the revoked certificates, signed by the issuing CA (RFC 5280)",
+                "estproto ca crl --data-dir ./est-ca --out crl.pem\n"
+                "  openssl verify -crl_check -CRLfile crl.pem -CAfile ./est-ca/ca.pem device.pem")
+    p.add_argument("--out", metavar="FILE", help="where to write it (default stdout)")
+    p.add_argument("--format", choices=("pem", "der"), default="pem", help="encoding (default pem)")
+    p.add_argument("--hours", type=_crl_hours, default=24, metavar="N",
+                   help="hours until its nextUpdate (default 24)")
+    p.set_defaults(func=_with_ca(_crl))
 
     p = command("fingerprint", "print the root's SHA-256 fingerprint, for client bootstrap",
                 "estproto ca fingerprint --data-dir ./est-ca")

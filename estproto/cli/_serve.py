@@ -56,7 +56,9 @@ from typing import Any, Callable
 
 from .. import auth
 from .._config import ServerConfig
-from ..ca import CA_FILES, CASettings, EmbeddedCA, Profile
+from .._adapter_common import PublishedFile
+from ..ca import CA_FILES, CAError, CASettings, EmbeddedCA, Profile
+from ..ca.crl import CRL_MEDIA_TYPE, check_crl_url
 from ..ca.users import AUTH_SCHEMES, DEFAULT_AUTH_SCHEMES
 from ._ca import init_ca
 from ._serve_config import SECTION, Setting, apply_config_file
@@ -127,7 +129,50 @@ def ca_settings(args: argparse.Namespace) -> CASettings:
         accept_certificates=args.auth in ("cert", "both"),
         auth_schemes=args.auth_schemes,
         profile=Profile(validity_days=args.validity_days),
+        crl_url=args.crl_url,
     )
+
+
+def _crl_url(text: str) -> str:
+    """``--crl-url``: an http:// URL with a path."""
+    try:
+        check_crl_url(text)
+    except CAError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+    return text
+
+
+def _host_port(text: str) -> tuple[str, int]:
+    """``--crl-listen``: HOST:PORT ([v6]:PORT)."""
+    host, sep, port = text.rpartition(":")
+    host = host[1:-1] if host.startswith("[") and host.endswith("]") else host
+    try:
+        number = int(port)
+    except ValueError:
+        number = -1
+    if not sep or not host or not 0 <= number <= 65535:
+        raise argparse.ArgumentTypeError(f"{text!r}: HOST:PORT, e.g. 0.0.0.0:8080")
+    return host, number
+
+
+#: What serve publishes besides EST: (path -> producer, host, port, sockets).
+Publication = tuple[dict[str, PublishedFile], str, int, "list[socket.socket] | None"]
+
+
+def _publication(args: argparse.Namespace, ca: EmbeddedCA) -> Publication | None:
+    """The CRL endpoint for ``--crl-url`` (None without it): served on
+    ``--crl-listen``, else on --host at the URL's port."""
+    if args.crl_url is None:
+        return None
+    parts = check_crl_url(args.crl_url)
+    host, port = args.crl_listen or (args.host, parts.port or 80)
+    publisher = ca.crl_publisher()
+
+    def current_crl() -> tuple[bytes, str]:
+        return publisher.current(), CRL_MEDIA_TYPE
+
+    sockets = _bind(host, port, listen=True) if args.reuse_port else None
+    return {parts.path: current_crl}, host, port, sockets
 
 
 def _auth_schemes(text: str) -> tuple[str, ...]:
@@ -190,7 +235,7 @@ def _bind(host: str, port: int, *, listen: bool, reuse_port: bool = True) -> lis
 
 async def _run_trio(
     handler: Any, config: ServerConfig, host: str, port: int, reuse_port: bool,
-    ready: Callable[[int], None],
+    ready: Callable[[int], None], publication: Publication | None = None,
 ) -> None:
     import trio
 
@@ -201,6 +246,11 @@ async def _run_trio(
             sockets = _bind(host, port, listen=True) if reuse_port else None
             server = await nursery.start(functools.partial(
                 est_trio.serve, handler, config, host, port, sockets=sockets))
+            if publication is not None:
+                files, crl_host, crl_port, crl_sockets = publication
+                bound = await nursery.start(functools.partial(
+                    est_trio.serve_publication, files, crl_host, crl_port, sockets=crl_sockets))
+                _published(files, crl_host, bound)
 
             async def watch() -> None:
                 stopping = False
@@ -220,7 +270,7 @@ async def _run_trio(
 
 async def _run_asyncio(
     handler: Any, config: ServerConfig, host: str, port: int, reuse_port: bool,
-    ready: Callable[[int], None],
+    ready: Callable[[int], None], publication: Publication | None = None,
 ) -> None:
     import asyncio
 
@@ -228,6 +278,17 @@ async def _run_asyncio(
 
     sockets = _bind(host, port, listen=True) if reuse_port else None
     server = await est_asyncio.start_server(handler, config, host, port, sockets=sockets)
+    published = None
+    if publication is not None:
+        files, crl_host, crl_port, crl_sockets = publication
+        try:
+            published = await est_asyncio.start_publication_server(
+                files, crl_host, crl_port, sockets=crl_sockets)
+        except BaseException:
+            server.close()
+            await server.wait_closed()
+            raise
+        _published(files, crl_host, published.port)
     loop = asyncio.get_running_loop()
     stopping = False
 
@@ -244,6 +305,14 @@ async def _run_asyncio(
         loop.add_signal_handler(signum, stop, signum)
     ready(server.port)
     await server.wait_closed()
+    if published is not None:
+        await published.aclose()
+
+
+def _published(files: dict[str, PublishedFile], host: str, port: int) -> None:
+    shown = f"[{host}]" if ":" in host else host
+    for path in files:
+        _log.info("publishing the CRL on http://%s:%d%s", shown, port, path)
 
 
 def _only_exception(exc: BaseException) -> BaseException:
@@ -290,21 +359,26 @@ def _serve_one(args: argparse.Namespace) -> int:
 
         runner = _run_asyncio if args.framework == "asyncio" else _run_trio
         try:
+            publication = _publication(args, ca)
             if args.framework == "asyncio":
                 import asyncio
 
-                asyncio.run(runner(ca.inline_handler(), config, args.host, args.port, args.reuse_port, ready))
+                asyncio.run(runner(ca.inline_handler(), config, args.host, args.port, args.reuse_port, ready,
+                                   publication))
             else:
                 import trio
 
-                trio.run(runner, ca.inline_handler(), config, args.host, args.port, args.reuse_port, ready)
+                trio.run(runner, ca.inline_handler(), config, args.host, args.port, args.reuse_port, ready,
+                         publication)
         except Exception as exc:
             # trio raises a bind failure inside an exception group (nursery).
             inner = _only_exception(exc)
             if not isinstance(inner, OSError):
                 raise
-            raise CLIError(ExitCode.NETWORK, f"cannot listen on {args.host}:{args.port}: "
-                                             f"{inner.strerror or inner}") from None
+            where = f"{args.host}:{args.port}"
+            if args.crl_url:
+                where += " or the CRL address"
+            raise CLIError(ExitCode.NETWORK, f"cannot listen on {where}: {inner.strerror or inner}") from None
     finally:
         ca.close()  # flushes the store's last group commit
     _log.info("stopped")
@@ -339,6 +413,10 @@ def _worker_command(args: argparse.Namespace, port: int) -> list[str]:
         command += ["--label", label]
     if args.manual_approval:
         command.append("--manual-approval")
+    if args.crl_url:
+        command += ["--crl-url", args.crl_url]
+    if args.crl_listen:
+        command += ["--crl-listen", f"[{args.crl_listen[0]}]:{args.crl_listen[1]}"]
     command += ["-v"] * args.verbose
     return command
 
@@ -490,6 +568,10 @@ def _reap(workers: list[_Worker]) -> int:
 def _cmd_serve(args: argparse.Namespace) -> int:
     if args.workers < 1:
         raise CLIError(ExitCode.USAGE, "--workers must be at least 1")
+    if args.crl_listen and not args.crl_url:
+        raise CLIError(ExitCode.USAGE, "--crl-listen needs --crl-url (what certificates name)")
+    if args.workers > 1 and args.crl_url and (args.crl_listen or (None, 1))[1] == 0:
+        raise CLIError(ExitCode.USAGE, "--crl-listen port 0 cannot be shared by --workers")
     if args.retry_after < 0:
         raise CLIError(ExitCode.USAGE, "--retry-after must not be negative")
     setup_logging(args.verbose, with_pid=args.workers > 1 or args.reuse_port)
@@ -564,6 +646,13 @@ def add_parser(commands: Any, formatter: type[argparse.HelpFormatter]) -> None:
     option("--validity-days", type=validity_days, default=Profile.validity_days, metavar="N",
                    help=f"lifetime of issued certificates in days (default {Profile.validity_days}; "
                         "never beyond the CA certificate's own)")
+    option("--crl-url", type=_crl_url, metavar="URL",
+           help="publish the CRL at this http://HOST[:PORT]/PATH and name it in every issued "
+                "certificate (cRLDistributionPoints, RFC 5280 4.2.1.13); re-signed after each "
+                "revocation and before it ages")
+    option("--crl-listen", type=_host_port, metavar="HOST:PORT",
+           help="where the CRL is served over plain HTTP (default: --host and the URL's port, "
+                "80 if it has none; for a proxy in front)")
     option("--tls-min", choices=("1.2", "1.3"), default="1.2", help="lowest TLS version (default 1.2)")
     option("--tls-max", choices=("1.2", "1.3"), default="1.3", help="highest TLS version (default 1.3)")
     option("--framework", choices=("trio", "asyncio"), default="trio",

@@ -34,7 +34,6 @@ from typing import Any, Awaitable, Callable, Mapping, Protocol, TypeVar, Union
 from cryptography import x509
 
 from ._client_session import (
-    CLIENT_LOGGER,
     CLOSE_TIMEOUT,
     CONNECT_TIMEOUT,
     MAX_RETRIES,

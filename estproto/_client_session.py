@@ -60,7 +60,6 @@ from ._events import (
     CACertsReceived,
     CertificateIssued,
     ClientRequest,
-    ClientResult,
     ClientResultEvent,
     ConnectionClosed,
     ConnectionTerminated,

@@ -79,7 +79,7 @@ from OpenSSL import SSL, crypto
 from OpenSSL._util import ffi as _ffi
 from OpenSSL._util import lib as _lib
 
-from ._errors import LocalProtocolError, RemoteProtocolError, TLSError, TLSVerificationError
+from ._errors import LocalProtocolError, TLSError, TLSVerificationError
 
 __all__ = [
     "MAX_HANDSHAKE_BYTES",

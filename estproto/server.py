@@ -43,7 +43,6 @@ from ._events import (
     ConnectionClosed,
     ConnectionFacts,
     ConnectionTerminated,
-    Event,
     Sentinel,
     ServerRequest,
     ServerResponse,

@@ -216,3 +216,17 @@ def test_normalise_serial() -> None:
     assert normalise_serial("00:FF") == normalise_serial("0xff") == "ff"
     with pytest.raises(ValueError, match="hexadecimal"):
         normalise_serial("zz")
+
+
+def test_read_config(tmp_path: Path) -> None:
+    from estproto.ca import data_dir
+
+    assert data_dir.read_config(tmp_path / "none") is None
+    EmbeddedCA.init(tmp_path / "ca", hostnames=("127.0.0.1", "est.example")).close()
+    config = data_dir.read_config(tmp_path / "ca")
+    assert config is not None and config["hostnames"] == ["127.0.0.1", "est.example"]
+    (tmp_path / "ca" / "config.json").write_text("{not json")
+    with pytest.raises(CAError, match="unreadable"):
+        data_dir.read_config(tmp_path / "ca")
+    with pytest.raises(CAError):
+        EmbeddedCA.open(tmp_path / "ca")

@@ -39,7 +39,7 @@ from .keys import PrivateKey, cert_pem, hash_for, key_pem, load_key, new_key
 from .policy import BACKDATE, end_entity_key_usage
 from .store import IssuedRecord, SQLiteStore, Store
 
-__all__ = ["CA_FILES", "CAMaterial", "create_or_update", "load", "write_file",
+__all__ = ["CA_FILES", "CAMaterial", "create_or_update", "load", "read_config", "write_file",
            "ROOT_VALIDITY_DAYS", "INTERMEDIATE_VALIDITY_DAYS", "SERVER_VALIDITY_DAYS"]
 
 #: Names of the files in the data directory.
@@ -248,6 +248,23 @@ def _cover_hostnames(d: Path, hostnames: list[str], store: Store | None) -> None
     write_file(d / CA_FILES["server_cert"], cert_pem(server), 0o644)
     config["hostnames"] = wanted
     _write_config(d, config)
+
+
+def read_config(d: Path) -> dict[str, Any] | None:
+    """config.json of the CA in *d* (key_type, intermediate, hostnames,
+    realm), or None when *d* holds no CA yet.
+
+    Raises:
+        CAError: the file exists but cannot be read or parsed.
+    """
+    path = d / CA_FILES["config"]
+    try:
+        value = json.loads(path.read_text())
+    except FileNotFoundError:
+        return None
+    except (OSError, ValueError) as exc:
+        raise CAError(f"{path}: unreadable ({exc})") from None
+    return value if isinstance(value, dict) else None
 
 
 def load(d: Path) -> CAMaterial:

@@ -32,7 +32,6 @@ from __future__ import annotations
 import argparse
 import datetime
 import getpass
-import json
 import sys
 from pathlib import Path
 from typing import Any, Callable
@@ -44,7 +43,6 @@ from cryptography.x509.oid import ExtendedKeyUsageOID
 from .._errors import DecodeError, LocalProtocolError
 from ..auth import ID_KP_CMC_RA
 from ..ca import (
-    CA_FILES,
     CAError,
     CASettings,
     EmbeddedCA,
@@ -54,6 +52,7 @@ from ..ca import (
     StateError,
     StoreError,
 )
+from ..ca.data_dir import read_config
 from ..codecs import pkcs10
 from ._client import KEY_TYPES, _read_csr, _subject, new_key
 from ._common import (
@@ -144,14 +143,10 @@ def _with_ca(
 
 def _existing_config(data_dir: str) -> dict[str, Any] | None:
     """The config of the CA already in *data_dir*, or None."""
-    path = Path(data_dir) / CA_FILES["config"]
     try:
-        value = json.loads(path.read_text())
-    except FileNotFoundError:
-        return None
-    except (OSError, ValueError) as exc:
-        raise CLIError(ExitCode.REFUSED, f"{path}: unreadable ({exc})") from None
-    return value if isinstance(value, dict) else None
+        return read_config(Path(data_dir))
+    except CAError as exc:
+        raise CLIError(ExitCode.REFUSED, str(exc)) from None
 
 
 def _cmd_init(args: argparse.Namespace) -> int:

@@ -87,8 +87,6 @@ class PublicationConnection:
                     self._fail(*judged, allow=judged[0] == 405)
                 else:
                     self._head = judged
-            elif isinstance(event, h11.Data):
-                self._fail(413, "a request body is not accepted here")
             elif isinstance(event, h11.EndOfMessage) and self._head is not None:
                 self._owed, self._head = self._head, None
                 return self._owed
@@ -100,8 +98,10 @@ class PublicationConnection:
         path = target.split("?", 1)[0]
         if method not in ("GET", "HEAD"):
             return 405, "only GET and HEAD"
+        # Refused by its head, so no body is ever read (h11 yields Data only
+        # for a request with one of these).
         for name, value in request.headers:
-            if name == b"content-length" and value.strip() != b"0" or name == b"transfer-encoding":
+            if (name == b"content-length" and value.strip() != b"0") or name == b"transfer-encoding":
                 return 413, "a request body is not accepted here"
         if path not in self._paths:
             return 404, "not found"

@@ -27,6 +27,7 @@ from estproto._events import CertificateResponse, ConnectionFacts, SimpleEnrollR
 from estproto.ca import EmbeddedCA
 from estproto.ca.backend import Principal
 from estproto.ca.crl import CRLPublisher, build_crl
+from estproto.chain import chain_verifies
 from estproto.codecs import pkcs10
 
 from pki import name
@@ -204,6 +205,11 @@ def test_served_crl_is_what_relying_parties_check(tmp_path: Path, framework: str
             assert (renewed.returncode == 0) is expect, renewed.stderr
             if not expect:
                 assert "revoked" in renewed.stderr
+            else:
+                new = x509.load_pem_x509_certificate((tmp_path / f"{cn}-new.pem").read_bytes())
+                old = certs[cn][2]
+                assert new.subject == old.subject and new.serial_number != old.serial_number
+                assert chain_verifies(new, x509.load_pem_x509_certificates((data / "ca.pem").read_bytes()))
         # Anything but GET/HEAD of the CRL path is refused; the server keeps serving.
         with pytest.raises(urllib.error.HTTPError) as missing:
             urllib.request.urlopen(f"http://127.0.0.1:{crl_port}/other", timeout=30)
@@ -217,6 +223,9 @@ def test_serve_refuses_unusable_crl_flags(tmp_path: Path) -> None:
     data = str(tmp_path / "ca")
     for flags, word in ((["--crl-url", "https://127.0.0.1/x.crl"], "--crl-url"),
                         (["--crl-url", "http://127.0.0.1"], "--crl-url"),
+                        (["--crl-url", "http://127.0.0.1:0/x.crl"], "--crl-url"),
+                        (["--crl-url", "http://127.0.0.1:1/x.crl", "--crl-listen", "127.0.0.1:0",
+                          "--workers", "2"], "--workers"),
                         (["--crl-listen", "127.0.0.1:8080"], "--crl-url"),
                         (["--crl-url", "http://127.0.0.1:1/x.crl", "--crl-listen", "nope"], "--crl-listen")):
         result = run("serve", "--data-dir", data, "--port", "0", *flags)

@@ -229,6 +229,8 @@ class EmbeddedCA(CABackend):
         self.root_certificate = root[0]
         self.issuer_certificate = issuer[0]
         self.server_certificate, self._server_key = server
+        if signer is not None and signer.certificate != self.issuer_certificate:
+            raise CAError("the signer's certificate is not this CA's issuing certificate")
         #: Signs for the issuing CA (the key file's key by default).
         self.signer: Signer = signer or KeyFileSigner(*issuer)
         chain = [self.issuer_certificate] if self.issuer_certificate != self.root_certificate else []
@@ -320,8 +322,6 @@ class EmbeddedCA(CABackend):
         material = _directory.load(d)
         if store is None:
             store = SQLiteStore(d / CA_FILES["store"], group_commit=settings.group_commit)
-        if signer is not None and signer.certificate != material.issuer[0]:
-            raise CAError("the signer's certificate is not this CA's issuing certificate")
         return cls(d, store=store, root=material.root, issuer=material.issuer, server=material.server,
                    realm=material.realm, digest_secret=material.digest_secret, settings=settings,
                    signer=signer)

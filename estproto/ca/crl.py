@@ -55,10 +55,10 @@ def check_crl_url(url: str) -> urllib.parse.SplitResult:
     """
     try:
         parts = urllib.parse.urlsplit(url)
-        _ = parts.port  # raises ValueError for a bad port
+        port = parts.port  # raises ValueError for a bad port
     except ValueError:
         raise CAError(f"not a usable CRL URL: {url!r}") from None
-    if (parts.scheme != "http" or not parts.hostname or not parts.path.startswith("/")
+    if (parts.scheme != "http" or not parts.hostname or not parts.path.startswith("/") or port == 0
             or parts.query or parts.fragment or any(c in url for c in " \t\r\n")):
         raise CAError(f"a CRL URL is http://HOST[:PORT]/PATH, not {url!r}")
     return parts

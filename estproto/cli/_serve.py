@@ -52,7 +52,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, NamedTuple
 
 from .. import auth
 from .._config import ServerConfig
@@ -155,8 +155,13 @@ def _host_port(text: str) -> tuple[str, int]:
     return host, number
 
 
-#: What serve publishes besides EST: (path -> producer, host, port, sockets).
-Publication = tuple[dict[str, PublishedFile], str, int, "list[socket.socket] | None"]
+class Publication(NamedTuple):
+    """What serve publishes over plain HTTP besides EST, and where."""
+
+    files: dict[str, PublishedFile]  # path -> producer
+    host: str
+    port: int
+    sockets: list[socket.socket] | None  # bound already (--workers), else None
 
 
 def _publication(args: argparse.Namespace, ca: EmbeddedCA) -> Publication | None:
@@ -172,7 +177,7 @@ def _publication(args: argparse.Namespace, ca: EmbeddedCA) -> Publication | None
         return publisher.current(), CRL_MEDIA_TYPE
 
     sockets = _bind(host, port, listen=True) if args.reuse_port else None
-    return {parts.path: current_crl}, host, port, sockets
+    return Publication({parts.path: current_crl}, host, port, sockets)
 
 
 def _auth_schemes(text: str) -> tuple[str, ...]:
@@ -247,10 +252,10 @@ async def _run_trio(
             server = await nursery.start(functools.partial(
                 est_trio.serve, handler, config, host, port, sockets=sockets))
             if publication is not None:
-                files, crl_host, crl_port, crl_sockets = publication
                 bound = await nursery.start(functools.partial(
-                    est_trio.serve_publication, files, crl_host, crl_port, sockets=crl_sockets))
-                _published(files, crl_host, bound)
+                    est_trio.serve_publication, publication.files, publication.host, publication.port,
+                    sockets=publication.sockets))
+                _published(publication, bound)
 
             async def watch() -> None:
                 stopping = False
@@ -280,15 +285,14 @@ async def _run_asyncio(
     server = await est_asyncio.start_server(handler, config, host, port, sockets=sockets)
     published = None
     if publication is not None:
-        files, crl_host, crl_port, crl_sockets = publication
         try:
             published = await est_asyncio.start_publication_server(
-                files, crl_host, crl_port, sockets=crl_sockets)
+                publication.files, publication.host, publication.port, sockets=publication.sockets)
         except BaseException:
             server.close()
             await server.wait_closed()
             raise
-        _published(files, crl_host, published.port)
+        _published(publication, published.port)
     loop = asyncio.get_running_loop()
     stopping = False
 
@@ -309,9 +313,9 @@ async def _run_asyncio(
         await published.aclose()
 
 
-def _published(files: dict[str, PublishedFile], host: str, port: int) -> None:
-    shown = f"[{host}]" if ":" in host else host
-    for path in files:
+def _published(publication: Publication, port: int) -> None:
+    shown = f"[{publication.host}]" if ":" in publication.host else publication.host
+    for path in publication.files:
         _log.info("publishing the CRL on http://%s:%d%s", shown, port, path)
 
 
@@ -570,7 +574,7 @@ def _cmd_serve(args: argparse.Namespace) -> int:
         raise CLIError(ExitCode.USAGE, "--workers must be at least 1")
     if args.crl_listen and not args.crl_url:
         raise CLIError(ExitCode.USAGE, "--crl-listen needs --crl-url (what certificates name)")
-    if args.workers > 1 and args.crl_url and (args.crl_listen or (None, 1))[1] == 0:
+    if args.workers > 1 and args.crl_listen and args.crl_listen[1] == 0:
         raise CLIError(ExitCode.USAGE, "--crl-listen port 0 cannot be shared by --workers")
     if args.retry_after < 0:
         raise CLIError(ExitCode.USAGE, "--retry-after must not be negative")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import shutil
+from typing import TYPE_CHECKING, Iterator
 
 import pytest
 from hypothesis import HealthCheck, settings
@@ -15,6 +16,9 @@ settings.register_profile(
 )
 settings.register_profile("fuzz", max_examples=20_000, deadline=None)
 settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "default"))
+
+if TYPE_CHECKING:
+    from postgres_server import PostgresServer
 
 
 def require_tool(name: str) -> str:
@@ -39,3 +43,27 @@ def openssl() -> str:
 @pytest.fixture
 def strongswan_pki() -> str:
     return require_tool("pki")
+
+
+@pytest.fixture(scope="session")
+def postgres_server() -> Iterator["PostgresServer"]:
+    """One real PostgreSQL server for the session (started on first use)."""
+    from postgres_server import PostgresServer
+
+    server = PostgresServer()
+    try:
+        yield server
+    finally:
+        server.close()
+
+
+@pytest.fixture
+def postgres_url(postgres_server: "PostgresServer", monkeypatch: pytest.MonkeyPatch,
+                 request: pytest.FixtureRequest) -> str:
+    """A new empty database on the session's server; PGPASSWORD set."""
+    import re
+    import secrets
+
+    monkeypatch.setenv("PGPASSWORD", postgres_server.password)
+    name = re.sub(r"[^a-z0-9_]", "_", request.node.name.lower())[:40] + "_" + secrets.token_hex(3)
+    return postgres_server.create_database(name)

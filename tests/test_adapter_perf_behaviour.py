@@ -31,7 +31,8 @@ from pki import make_key
 from estproto._paths import Operation
 from estproto.ca import EmbeddedCA
 from estproto.ca.backend import Principal
-from estproto.ca.store import DuplicateSerialError, IssuedRecord, SQLiteStore, StoreError
+from estproto.ca.sqlite_store import SQLiteStore
+from estproto.ca.store import DuplicateSerialError, IssuedRecord, StoreError
 from estproto.codecs import pkcs10
 
 NOW = datetime.datetime(2026, 1, 1, tzinfo=datetime.timezone.utc)

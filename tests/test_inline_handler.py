@@ -34,7 +34,8 @@ from estproto._events import (
 )
 from estproto._response_future import InlineHandler, ResponseFuture
 from estproto.ca import CASettings, EmbeddedCA
-from estproto.ca.store import DuplicateSerialError, IssuedRecord, SQLiteStore, StoreError
+from estproto.ca.sqlite_store import SQLiteStore
+from estproto.ca.store import DuplicateSerialError, IssuedRecord, StoreError
 from estproto.codecs import pkcs10
 from test_hostile import ServerThread
 from test_security import basic, csr_body, holds_certificate, https, name

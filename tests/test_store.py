@@ -8,21 +8,22 @@ import sqlite3
 import subprocess
 import threading
 from pathlib import Path
+from typing import Iterator
 
 import pytest
 
 from conftest import require_tool
 
-from estproto.ca import store as store_mod
+from estproto.ca import sqlite_store as store_mod
+from estproto.ca.sqlite_store import SCHEMA_VERSION, SQLiteStore
 from estproto.ca.store import (
-    SCHEMA_VERSION,
     DuplicateSerialError,
     IssuedRecord,
     NotFoundError,
     PendingState,
     SchemaVersionError,
-    SQLiteStore,
     StateError,
+    Store,
     StoreError,
     UserRecord,
 )
@@ -38,10 +39,16 @@ def record(serial: str, size: int = 300) -> IssuedRecord:
     )
 
 
-@pytest.fixture
-def store(tmp_path: Path) -> SQLiteStore:
-    s = SQLiteStore(tmp_path / "s.db")
-    yield s  # type: ignore[misc]
+@pytest.fixture(params=["sqlite", "postgresql"])
+def store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Store]:
+    """Each behaviour below holds for both stores."""
+    if request.param == "sqlite":
+        s: Store = SQLiteStore(tmp_path / "s.db")
+    else:
+        from estproto.ca.postgres_store import PostgreSQLStore
+
+        s = PostgreSQLStore(request.getfixturevalue("postgres_url"))
+    yield s
     s.close()
 
 
@@ -110,7 +117,7 @@ def test_older_schema_is_migrated_keeping_data(tmp_path: Path) -> None:
     assert {"issued_requester", "pending_state"} <= indexes
 
 
-def test_record_and_read_back(store: SQLiteStore) -> None:
+def test_record_and_read_back(store: Store) -> None:
     rec = record("1f")
     store.record_issued(rec)
     got = store.get_issued("1f")
@@ -119,7 +126,7 @@ def test_record_and_read_back(store: SQLiteStore) -> None:
     assert store.get_issued("2f") is None
 
 
-def test_duplicate_serial_fails_alone(store: SQLiteStore) -> None:
+def test_duplicate_serial_fails_alone(store: Store) -> None:
     store.record_issued(record("aa"))
     with pytest.raises(DuplicateSerialError):
         store.record_issued(record("aa"))
@@ -127,7 +134,7 @@ def test_duplicate_serial_fails_alone(store: SQLiteStore) -> None:
     assert store.count_issued() == 2
 
 
-def test_concurrent_writers_share_commits(store: SQLiteStore) -> None:
+def test_concurrent_writers_share_commits(store: Store) -> None:
     errors: list[BaseException] = []
 
     def work(t: int) -> None:
@@ -221,7 +228,7 @@ def test_closed_store_raises(tmp_path: Path) -> None:
         s.get_issued("01")
 
 
-def test_pending_life_cycle(store: SQLiteStore) -> None:
+def test_pending_life_cycle(store: Store) -> None:
     p = store.add_pending(fingerprint="fp", label="", operation="simpleenroll",
                           requester="user:a", subject="CN=x", csr_der=b"csr")
     assert p.state is PendingState.PENDING
@@ -245,7 +252,7 @@ def test_pending_life_cycle(store: SQLiteStore) -> None:
     assert "approved" in actions
 
 
-def test_users_and_revocation(store: SQLiteStore) -> None:
+def test_users_and_revocation(store: Store) -> None:
     user = UserRecord("alice", "scrypt$x", "estproto", "a" * 64, "b" * 32, NOW)
     store.put_user(user, "op")
     assert store.get_user("alice") == user

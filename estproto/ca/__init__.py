@@ -7,8 +7,12 @@
 * :mod:`.authority`: :class:`EmbeddedCA`, the default backend: the
   composition of the parts below, with authorization and issuing.
 * :mod:`.data_dir`: the data directory (create, extend, load).
-* :mod:`.store`: :class:`Store` and :class:`SQLiteStore` (WAL, synchronous
-  FULL, group commit, versioned schema).
+* :mod:`.store`: :class:`Store`, the record store's interface, and its records.
+* :mod:`.sqlite_store`: :class:`SQLiteStore`, the default (one file, WAL,
+  synchronous FULL, versioned schema).
+* :mod:`.postgres_store`: :class:`PostgreSQLStore`, one database shared by
+  several front-ends.
+* :mod:`.group_commit`: how both batch concurrent writes into one commit.
 * :mod:`.signer`: :class:`Signer`, who signs for the issuing CA
   (:class:`KeyFileSigner` by default).
 * :mod:`.policy`: :class:`Profile` and :class:`IssuingPolicy`, what an
@@ -28,8 +32,8 @@ from .revocation import Revocation
 from .signer import KeyFileSigner, Signer
 from .users import UserDirectory
 from .backend import CABackend, Handler, Principal, make_handler
+from .sqlite_store import SCHEMA_VERSION, SQLiteStore
 from .store import (
-    SCHEMA_VERSION,
     AuditRecord,
     DuplicateSerialError,
     IssuedRecord,
@@ -37,7 +41,6 @@ from .store import (
     PendingRecord,
     PendingState,
     SchemaVersionError,
-    SQLiteStore,
     StateError,
     Store,
     StoreError,

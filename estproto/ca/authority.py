@@ -82,11 +82,11 @@ from .store import (
     IssuedRecord,
     PendingRecord,
     PendingState,
-    SQLiteStore,
     StateError,
     Store,
     StoreError,
 )
+from .store_location import check_location, open_store
 from .users import AUTH_SCHEMES, DEFAULT_AUTH_SCHEMES, UserDirectory
 
 if TYPE_CHECKING:
@@ -260,6 +260,7 @@ class EmbeddedCA(CABackend):
         realm: str = "estproto",
         settings: CASettings | None = None,
         store: Store | None = None,
+        store_location: str | None = None,
     ) -> EmbeddedCA:
         """Create the CA in *data_dir*, or load it if it exists (idempotent).
 
@@ -279,6 +280,10 @@ class EmbeddedCA(CABackend):
                 on it, so it is fixed at init).
             settings: run-time policy.
             store: a store to use instead of DIR/estproto.db.
+            store_location: where the records live (see
+                :mod:`estproto.ca.store_location`), e.g. a ``postgresql://``
+                URL; a new CA records it in config.json, so later opens
+                find it. Default: the existing CA's, else DIR/estproto.db.
 
         Raises:
             CAError: unusable arguments or files.
@@ -291,8 +296,23 @@ class EmbeddedCA(CABackend):
             raise CAError(f"unsupported key type {key_type!r} (p256, rsa, ed25519)")
         auth.basic_challenge(realm)  # rejects a realm with control characters
         root_dir = Path(data_dir)
-        _directory.create_or_update(root_dir, list(hostnames), key_type, intermediate, realm, store)
-        return cls.open(root_dir, settings=settings, store=store)
+        if store_location is not None:
+            check_location(store_location)
+        own_store = store is None
+        if store is None:
+            root_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+            config = _directory.read_config(root_dir)
+            location = store_location or (config or {}).get("store")
+            store = open_store(location, root_dir / CA_FILES["store"],
+                               group_commit=(settings or CASettings()).group_commit)
+        try:
+            _directory.create_or_update(root_dir, list(hostnames), key_type, intermediate, realm,
+                                        store, store_location)
+            return cls.open(root_dir, settings=settings, store=store)
+        except BaseException:
+            if own_store:
+                store.close()
+            raise
 
     @classmethod
     def open(
@@ -302,6 +322,7 @@ class EmbeddedCA(CABackend):
         settings: CASettings | None = None,
         store: Store | None = None,
         signer: Signer | None = None,
+        store_location: str | None = None,
     ) -> EmbeddedCA:
         """Load an initialised CA.
 
@@ -311,20 +332,30 @@ class EmbeddedCA(CABackend):
             store: a store to use instead of DIR/estproto.db.
             signer: signs for the issuing CA instead of the key file's key
                 (its certificate must be the issuing CA's).
+            store_location: open the store there instead of where
+                config.json says (see :mod:`estproto.ca.store_location`).
 
         Raises:
-            CAError: not initialised, or its files are unreadable.
+            CAError: not initialised, or its files are unreadable, or the
+                store location is unusable.
             StoreError: the store cannot be opened or written (read-only
                 directory, disk full, newer schema).
         """
         d = Path(data_dir)
         settings = settings or CASettings()
         material = _directory.load(d)
+        own_store = store is None
         if store is None:
-            store = SQLiteStore(d / CA_FILES["store"], group_commit=settings.group_commit)
-        return cls(d, store=store, root=material.root, issuer=material.issuer, server=material.server,
-                   realm=material.realm, digest_secret=material.digest_secret, settings=settings,
-                   signer=signer)
+            store = open_store(store_location or material.store_location, d / CA_FILES["store"],
+                               group_commit=settings.group_commit)
+        try:
+            return cls(d, store=store, root=material.root, issuer=material.issuer,
+                       server=material.server, realm=material.realm,
+                       digest_secret=material.digest_secret, settings=settings, signer=signer)
+        except BaseException:
+            if own_store:
+                store.close()
+            raise
 
     def close(self) -> None:
         """Close the store."""

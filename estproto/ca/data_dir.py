@@ -37,7 +37,8 @@ from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 from .errors import CAError
 from .keys import PrivateKey, cert_pem, hash_for, key_pem, load_key, new_key
 from .policy import BACKDATE, end_entity_key_usage
-from .store import IssuedRecord, SQLiteStore, Store
+from .store import IssuedRecord, Store
+from .store_location import open_store
 
 __all__ = ["CA_FILES", "CAMaterial", "create_or_update", "load", "read_config", "write_file",
            "ROOT_VALIDITY_DAYS", "INTERMEDIATE_VALIDITY_DAYS", "SERVER_VALIDITY_DAYS"]
@@ -69,6 +70,8 @@ class CAMaterial:
     server: tuple[x509.Certificate, PrivateKey]
     realm: str
     digest_secret: bytes
+    #: config.json's store location (None: DIR/estproto.db).
+    store_location: str | None = None
 
 
 def write_file(path: Path, data: bytes, mode: int) -> None:
@@ -166,7 +169,7 @@ def _server_cert(
 def _record_server_certificate(d: Path, store: Store | None, server: x509.Certificate,
                                action: str, detail: str) -> None:
     own = store is None
-    st = store or SQLiteStore(d / CA_FILES["store"])
+    st = store or open_store(_config_store(d), d / CA_FILES["store"])
     try:
         st.record_issued(IssuedRecord.for_certificate(
             server, requester="init", request_der=None, label="", operation="init"))
@@ -176,25 +179,34 @@ def _record_server_certificate(d: Path, store: Store | None, server: x509.Certif
             st.close()
 
 
+def _config_store(d: Path) -> str | None:
+    config = read_config(d)
+    location = None if config is None else config.get("store")
+    return None if location is None else str(location)
+
+
 def _write_config(d: Path, config: dict[str, Any]) -> None:
     write_file(d / CA_FILES["config"], json.dumps(config, indent=2).encode() + b"\n", 0o644)
 
 
 def create_or_update(
     d: Path, hostnames: list[str], key_type: str, intermediate: bool, realm: str, store: Store | None,
+    store_location: str | None = None,
 ) -> None:
     """Create the CA in *d* (mode 0700) unless it exists; an existing one
-    gets a TLS certificate covering *hostnames* too if it does not yet."""
+    gets a TLS certificate covering *hostnames* too if it does not yet.
+    A new CA's config.json records *store_location* (where *store* is)."""
     d.mkdir(mode=0o700, parents=True, exist_ok=True)
     with _FileLock(d / CA_FILES["lock"]):
         if not (d / CA_FILES["config"]).exists():
-            _create(d, hostnames, key_type, intermediate, realm, store)
+            _create(d, hostnames, key_type, intermediate, realm, store, store_location)
         else:
             _cover_hostnames(d, hostnames, store)
 
 
 def _create(
     d: Path, hostnames: list[str], key_type: str, intermediate: bool, realm: str, store: Store | None,
+    store_location: str | None,
 ) -> None:
     tag = secrets.token_hex(4)
     root_key = new_key(key_type)
@@ -228,8 +240,11 @@ def _create(
         d, store, server, "init", f"root={root.subject.rfc4514_string()} key={key_type} "
         f"intermediate={intermediate} hosts={','.join(hostnames)}")
     # Written last: its presence means the directory is complete.
-    _write_config(d, {"format": _CONFIG_FORMAT, "key_type": key_type, "intermediate": intermediate,
-                      "hostnames": hostnames, "realm": realm})
+    config: dict[str, Any] = {"format": _CONFIG_FORMAT, "key_type": key_type,
+                              "intermediate": intermediate, "hostnames": hostnames, "realm": realm}
+    if store_location is not None:
+        config["store"] = store_location
+    _write_config(d, config)
 
 
 def _cover_hostnames(d: Path, hostnames: list[str], store: Store | None) -> None:
@@ -291,5 +306,7 @@ def load(d: Path) -> CAMaterial:
         digest_secret = (d / CA_FILES["digest_secret"]).read_bytes()
     except (OSError, ValueError) as exc:
         raise CAError(f"cannot load the CA in {d}: {exc}") from exc
+    location = config.get("store")
     return CAMaterial(root=root, issuer=issuer, server=server,
-                      realm=str(config.get("realm", "estproto")), digest_secret=digest_secret)
+                      realm=str(config.get("realm", "estproto")), digest_secret=digest_secret,
+                      store_location=None if location is None else str(location))

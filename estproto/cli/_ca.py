@@ -53,6 +53,7 @@ from ..ca import (
     StoreError,
 )
 from ..ca.data_dir import read_config
+from ..ca.store_location import check_location
 from ..codecs import pkcs10
 from ._client import KEY_TYPES, _read_csr, _subject, new_key
 from ._common import (
@@ -87,25 +88,40 @@ def _operator() -> str:
     return f"operator:{account}" if account else "operator"
 
 
+#: ``--store``'s help, the same for serve and every ca command.
+STORE_HELP = ("where the records live: postgresql://[USER@]HOST[:PORT]/DB (password from "
+              "PGPASSWORD or ~/.pgpass, never in the URL) or an SQLite file; default: what "
+              "'ca init --store' recorded, else DIR/estproto.db")
+
+
+def store_location(text: str) -> str:
+    """argparse type of ``--store``."""
+    try:
+        return check_location(text)
+    except CAError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
 def init_ca(
     data_dir: str, hostnames: list[str] | None, key_type: str = "p256", intermediate: bool = False,
-    settings: CASettings | None = None,
+    settings: CASettings | None = None, store: str | None = None,
 ) -> EmbeddedCA:
     """``EmbeddedCA.init`` with the CLI's error translation (caller closes it).
 
     Args:
         hostnames: names for the TLS certificate; None opens an existing CA
             as it is.
+        store: ``--store`` (a new CA records it).
 
     Raises:
         CLIError: REFUSED when the directory cannot be used.
     """
     try:
         if hostnames is None:
-            return EmbeddedCA.open(data_dir, settings=settings)
+            return EmbeddedCA.open(data_dir, settings=settings, store_location=store)
         return EmbeddedCA.init(
             data_dir, hostnames=hostnames, key_type=key_type,  # type: ignore[arg-type]  # argparse choices; init() re-checks
-            intermediate=intermediate, settings=settings,
+            intermediate=intermediate, settings=settings, store_location=store,
         )
     except (CAError, StoreError, ValueError) as exc:
         raise CLIError(ExitCode.REFUSED, f"cannot initialise the CA in {data_dir}: {exc}") from None
@@ -113,9 +129,9 @@ def init_ca(
         raise CLIError(ExitCode.REFUSED, f"cannot initialise the CA in {data_dir}: {exc.strerror or exc}") from None
 
 
-def _open(data_dir: str, settings: CASettings | None = None) -> EmbeddedCA:
+def _open(data_dir: str, settings: CASettings | None = None, store: str | None = None) -> EmbeddedCA:
     try:
-        return EmbeddedCA.open(data_dir, settings=settings)
+        return EmbeddedCA.open(data_dir, settings=settings, store_location=store)
     except (CAError, StoreError) as exc:
         raise CLIError(ExitCode.REFUSED, str(exc)) from None
 
@@ -125,7 +141,7 @@ def _with_ca(
     settings: CASettings | None = None,
 ) -> Callable[[argparse.Namespace], int]:
     def run(args: argparse.Namespace) -> int:
-        ca = _open(args.data_dir, settings)
+        ca = _open(args.data_dir, settings, args.store)
         try:
             return action(ca, args)
         except (NotFoundError, StateError) as exc:
@@ -160,7 +176,7 @@ def _cmd_init(args: argparse.Namespace) -> int:
             raise CLIError(ExitCode.REFUSED, f"a CA already exists in {args.data_dir}: "
                                              f"{', '.join(differs)} applies to a new CA only")
     ca = init_ca(args.data_dir, args.hostname or ["127.0.0.1", "localhost"], args.key_type or "p256",
-                 args.intermediate)
+                 args.intermediate, store=args.store)
     try:
         print(f"CA ready in {args.data_dir}" + (" (existing)" if existing is not None else " (new)"))
         print(f"  root:        {ca.root_certificate.subject.rfc4514_string()}")
@@ -365,6 +381,7 @@ def add_parser(commands: Any, formatter: type[argparse.HelpFormatter]) -> None:
             epilog=f"example:\n  {example}", formatter_class=formatter,
         )
         p.add_argument("--data-dir", required=True, metavar="DIR", help="the CA's data directory")
+        p.add_argument("--store", type=store_location, metavar="LOCATION", help=STORE_HELP)
         return p
 
     p = command("init", "create the CA in DIR (idempotent: an existing CA is kept)",

@@ -60,7 +60,7 @@ from .._adapter_common import PublishedFile
 from ..ca import CA_FILES, CAError, CASettings, EmbeddedCA, Profile
 from ..ca.crl import CRL_MEDIA_TYPE, check_crl_url
 from ..ca.users import AUTH_SCHEMES, DEFAULT_AUTH_SCHEMES
-from ._ca import init_ca
+from ._ca import STORE_HELP, init_ca, store_location
 from ._serve_config import SECTION, Setting, apply_config_file
 from ._common import (
     CLIError, ExitCode, port_number, positive_count, setup_logging, validity_days, whole_seconds,
@@ -344,7 +344,7 @@ def _open_or_create_ca(args: argparse.Namespace, settings: CASettings | None = N
     ``serve`` initialises on its first start) and said so on stderr, so a
     mistyped directory does not go unnoticed."""
     new = not (Path(args.data_dir) / CA_FILES["config"]).exists()
-    ca = init_ca(args.data_dir, serve_hostnames(args), settings=settings)
+    ca = init_ca(args.data_dir, serve_hostnames(args), settings=settings, store=args.store)
     if new:
         print(f"estproto: no CA in {args.data_dir}: created a new one "
               f"(fingerprint {ca.fingerprint()})", file=sys.stderr, flush=True)
@@ -411,6 +411,8 @@ def _worker_command(args: argparse.Namespace, port: int) -> list[str]:
         "--tls-max", args.tls_max, "--framework", args.framework,
         "--validity-days", str(args.validity_days),
     ]
+    if args.store:
+        command += ["--store", args.store]
     for name in args.hostname or ():
         command += ["--hostname", name]
     for label in args.label or ():
@@ -625,6 +627,7 @@ def add_parser(commands: Any, formatter: type[argparse.HelpFormatter]) -> None:
            help=f"read settings from FILE's [{SECTION}] section (keys are these flags' long "
                 "names, e.g. port = 8443; flags given here win)")
     option("--data-dir", required=True, metavar="DIR", help="the CA's data directory")
+    option("--store", type=store_location, metavar="LOCATION", help=STORE_HELP)
     option("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
     option("--port", type=port_number, default=8443, help="TCP port (default 8443; 0 picks a free one)")
     option("--hostname", action="append", metavar="NAME",

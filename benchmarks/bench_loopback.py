@@ -41,6 +41,11 @@ The last two lines are machine-readable::
 ``loopback_ratio`` is estproto serve's CPU per enrollment over the bare
 server's (trio, the default framework); ``server_cpu_us`` and
 ``peak_rss_mb`` are estproto's keep-alive figures (the larger framework).
+
+``--store postgresql://...`` adds ``estproto serve --store URL`` (trio and
+asyncio) beside the SQLite ones (password from PGPASSWORD, as for serve),
+and, for a database on this machine, the database's own CPU per enrollment
+(every process named ``postgres``), which the server CPU does not include.
 """
 
 from __future__ import annotations
@@ -98,18 +103,38 @@ def _cpu_seconds(pid: int) -> float:
     that exit during a run would drop their time; the servers keep theirs
     (trio's thread cache and asyncio's executor keep idle threads).
     """
-    total = 0
-    for p in _tree(pid):
+    return sum(_cpu_seconds_of(p) for p in _tree(pid))
+
+
+def _database_cpu_seconds() -> float:
+    """CPU seconds of every process named ``postgres`` on this machine (a
+    local database's server processes), as :func:`_cpu_seconds` counts."""
+    total = 0.0
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
         try:
-            tasks = os.listdir(f"/proc/{p}/task")
+            with open(f"/proc/{entry}/comm") as f:
+                if f.read().strip() != "postgres":
+                    continue
         except OSError:
             continue
-        for tid in tasks:
-            try:
-                with open(f"/proc/{p}/task/{tid}/schedstat") as f:
-                    total += int(f.read().split()[0])
-            except (OSError, ValueError, IndexError):
-                continue
+        total += _cpu_seconds_of(int(entry))
+    return total
+
+
+def _cpu_seconds_of(pid: int) -> float:
+    total = 0
+    try:
+        tasks = os.listdir(f"/proc/{pid}/task")
+    except OSError:
+        return 0.0
+    for tid in tasks:
+        try:
+            with open(f"/proc/{pid}/task/{tid}/schedstat") as f:
+                total += int(f.read().split()[0])
+        except (OSError, ValueError, IndexError):
+            continue
     return total / 1e9
 
 
@@ -134,7 +159,7 @@ class ServerKind:
     ready: re.Pattern[str]
 
 
-def server_kinds(data_dir: Path, workers: bool) -> list[ServerKind]:
+def server_kinds(data_dir: Path, workers: bool, store: str | None = None) -> list[ServerKind]:
     serve = [sys.executable, "-m", "estproto", "serve", "--data-dir", str(data_dir),
              "--host", "127.0.0.1", "--port", "0"]
     listening = re.compile(r"listening on https://127\.0\.0\.1:(\d+)/")
@@ -142,6 +167,12 @@ def server_kinds(data_dir: Path, workers: bool) -> list[ServerKind]:
         ServerKind("trio", serve, listening),
         ServerKind("asyncio", [*serve, "--framework", "asyncio"], listening),
     ]
+    if store:
+        kinds += [
+            ServerKind("trio_postgresql", [*serve, "--store", store], listening),
+            ServerKind("asyncio_postgresql", [*serve, "--store", store, "--framework", "asyncio"],
+                       listening),
+        ]
     if workers:
         kinds.append(ServerKind("trio_workers2", [*serve, "--workers", "2"], listening))
     kinds.append(ServerKind("bare", [sys.executable, str(Path(__file__).with_name("bare_server.py")),
@@ -328,6 +359,8 @@ class RunResult:
     enrollments: int
     seconds: float
     server_cpu: float
+    #: CPU of a local PostgreSQL during the run (PostgreSQL-backed kinds only).
+    database_cpu: float | None = None
 
     @property
     def per_second(self) -> float:
@@ -339,10 +372,13 @@ class RunResult:
 
 
 def measure(server: ServerProcess, gen: LoadGenerator, mode: str, n: int) -> RunResult:
+    on_database = server.kind.name.endswith("_postgresql")
+    db0 = _database_cpu_seconds() if on_database else 0.0
     cpu0 = _cpu_seconds(server.pid)
     seconds = gen.run(n, keepalive=mode == "keepalive")
     cpu1 = _cpu_seconds(server.pid)
-    return RunResult(server.kind.name, mode, n, seconds, cpu1 - cpu0)
+    database = _database_cpu_seconds() - db0 if on_database else None
+    return RunResult(server.kind.name, mode, n, seconds, cpu1 - cpu0, database)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -352,6 +388,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rounds", type=int, default=3, help="rounds (the cheapest is kept)")
     parser.add_argument("--workers", action="store_true", help="also measure serve --workers 2")
     parser.add_argument("--quick", action="store_true", help="tiny run (N=24, K=4, 1 round) for tests")
+    parser.add_argument("--store", metavar="URL",
+                        help="also measure serve --store URL (postgresql://...; PGPASSWORD in the env)")
     args = parser.parse_args(argv)
     n, k, rounds = (24, 4, 1) if args.quick else (args.enrollments, args.connections, args.rounds)
     if n < 1 or k < 1 or rounds < 1:
@@ -363,6 +401,9 @@ def main(argv: list[str] | None = None) -> int:
         data_dir = Path(tmp) / "ca"
         with EmbeddedCA.init(data_dir, hostnames=("127.0.0.1",)) as ca:
             ca.add_user(USER, PASSWORD)
+        if args.store:
+            with EmbeddedCA.open(data_dir, store_location=args.store) as ca:
+                ca.add_user(USER, PASSWORD)
         bodies = _make_bodies(n)
         load = os.getloadavg()
         print(f"# N={n} enrollments per run, K={k} connections, {rounds} round(s), cheapest kept; "
@@ -374,7 +415,7 @@ def main(argv: list[str] | None = None) -> int:
         log_path = Path(tmp) / "server.log"
         with open(log_path, "wb") as log:
             try:
-                for kind in server_kinds(data_dir, args.workers):
+                for kind in server_kinds(data_dir, args.workers, args.store):
                     servers.append(ServerProcess(kind, log))
                 gens = {s.kind.name: LoadGenerator(s.port, data_dir / "ca.pem", bodies, k) for s in servers}
                 for s in servers:
@@ -401,9 +442,11 @@ def main(argv: list[str] | None = None) -> int:
             for name in names:
                 r = best[(name, mode)]
                 label = "bare server" if name == "bare" else f"estproto serve ({name})"
+                database = ("" if r.database_cpu is None else
+                            f"  database {r.database_cpu / r.enrollments * 1e6:7.1f} us CPU/enroll")
                 print(f"{mode:10s} {label:32s} {r.per_second:8.1f} enroll/s  "
                       f"server {r.cpu_us:7.1f} us CPU/enroll  x{r.cpu_us / bare.cpu_us:5.2f} bare  "
-                      f"peak RSS {rss[name]:6.1f} MiB")
+                      f"peak RSS {rss[name]:6.1f} MiB{database}")
         cpu_us = max(best[(a, "keepalive")].cpu_us for a in ADAPTERS)
         print("# server_cpu_us, peak_rss_mb: estproto serve keep-alive, the larger of the two frameworks")
         print("enroll_per_s "

@@ -46,13 +46,17 @@ class Job:
     """One write for the group committer, and its caller's wake-up: a
     blocked caller's lock, or the callback of a caller that did not wait."""
 
-    __slots__ = ("fn", "finished", "_lock", "result", "error", "callback")
+    __slots__ = ("fn", "finished", "_lock", "result", "error", "callback", "one_statement")
 
     def __init__(
         self, fn: Callable[[Any], object],
         callback: Callable[[BaseException | None], None] | None = None,
+        *, one_statement: bool = False,
     ) -> None:
         self.fn = fn
+        #: *fn* runs exactly one statement: a store may run it alone without
+        #: BEGIN and COMMIT (in autocommit it is its own transaction).
+        self.one_statement = one_statement
         self.finished = False
         self.callback = callback
         # Held until the job is finished. A bare lock, not a threading.Event:
@@ -134,10 +138,11 @@ class GroupCommitter:
         # Jobs submit_later left for its caller's flush.
         self._deferred: list[Job] = []
 
-    def submit(self, fn: Callable[[Any], T]) -> T:
+    def submit(self, fn: Callable[[Any], T], *, one_statement: bool = False) -> T:
         """Run *fn(connection)* in a transaction; return its result once it
-        is committed, or raise the error its job got."""
-        job = Job(fn)
+        is committed, or raise the error its job got. *one_statement*: see
+        :attr:`Job.one_statement`."""
+        job = Job(fn, one_statement=one_statement)
         with self._mutex:
             if self.closed:
                 raise self._make_error("the store is closed")

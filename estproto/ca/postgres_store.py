@@ -351,12 +351,24 @@ class PostgreSQLStore(Store):
         return True
 
     def _commit(self, batch: list[Job]) -> int:
+        # A lone single-statement job (an issued certificate's INSERT, most
+        # batches at low load) runs in autocommit: one round trip instead of
+        # BEGIN, INSERT, COMMIT.
+        alone = batch[0] if len(batch) == 1 and batch[0].one_statement else None
         for attempt in (1, 2):
             try:
                 with self._pool.connection() as conn:
                     try:
+                        if alone is not None:
+                            return self._run_alone(conn, alone)
                         conn.execute(b"BEGIN")
                     except psycopg.OperationalError as exc:
+                        # The first use of a connection the server closed
+                        # (a restart). Retrying is safe: nothing had begun,
+                        # or a lone INSERT that did commit fails the retry
+                        # as a duplicate, and the issuer draws a new serial
+                        # (the first record stays, for a certificate nobody
+                        # received).
                         if attempt == 1 and self._stale(exc):
                             raise _Stale from exc
                         raise
@@ -370,6 +382,20 @@ class PostgreSQLStore(Store):
                         job.fail(error)
                 return 0
         raise AssertionError("unreachable")
+
+    @staticmethod
+    def _run_alone(conn: psycopg.Connection[Any], job: Job) -> int:
+        """Run one single-statement job in autocommit; connection failures
+        propagate (the caller retries or fails it)."""
+        try:
+            job.result = job.fn(conn)
+        except psycopg.OperationalError:
+            raise
+        except Exception as exc:
+            job.fail(_PostgresDialect.job_error(exc))
+            return 0
+        job.finish()
+        return 1
 
     def close(self) -> None:
         if self._committer.close():
@@ -400,12 +426,12 @@ class PostgreSQLStore(Store):
         )
 
     def record_issued(self, record: IssuedRecord, *, pending_id: int | None = None) -> None:
-        self._committer.submit(self._issued_job(record, pending_id))
+        self._committer.submit(self._issued_job(record, pending_id), one_statement=pending_id is None)
 
     def record_issued_later(
         self, record: IssuedRecord, done: Callable[[BaseException | None], None],
     ) -> Callable[[], None] | None:
-        job = Job(self._issued_job(record, None), done)
+        job = Job(self._issued_job(record, None), done, one_statement=True)
         caller_commits = self._caller_commit_limit > 0 and self.commit_seconds < self._caller_commit_limit
         return self._committer.submit_later(job, caller_commits=caller_commits)
 

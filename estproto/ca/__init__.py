@@ -14,7 +14,8 @@
   several front-ends.
 * :mod:`.group_commit`: how both batch concurrent writes into one commit.
 * :mod:`.signer`: :class:`Signer`, who signs for the issuing CA
-  (:class:`KeyFileSigner` by default).
+  (:class:`KeySigner` by default: a key file, or a key in a PKCS#11 token,
+  :class:`Pkcs11Settings`).
 * :mod:`.policy`: :class:`Profile` and :class:`IssuingPolicy`, what an
   issued certificate holds.
 * :mod:`.users`: :class:`UserDirectory`, HTTP users and their checks.
@@ -26,10 +27,11 @@
 
 from .approvals import Approvals
 from .authority import CA_FILES, CASettings, EmbeddedCA, KeyType, Profile
-from .errors import CAError
+from .errors import CAError, SignerError
 from .policy import IssuingPolicy
 from .revocation import Revocation
-from .signer import KeyFileSigner, Signer
+from .pkcs11_token import PIN_ENV, Pkcs11Settings
+from .signer import KeyFileSigner, KeySigner, Signer
 from .users import UserDirectory
 from .backend import CABackend, Handler, Principal, make_handler
 from .sqlite_store import SCHEMA_VERSION, SQLiteStore
@@ -50,7 +52,7 @@ from .store import (
 __all__ = [
     "CABackend", "Principal", "Handler", "make_handler",
     "EmbeddedCA", "CASettings", "Profile", "CAError", "KeyType", "CA_FILES",
-    "Signer", "KeyFileSigner", "IssuingPolicy", "UserDirectory", "Approvals", "Revocation",
+    "SignerError", "Signer", "KeySigner", "KeyFileSigner", "Pkcs11Settings", "PIN_ENV", "IssuingPolicy", "UserDirectory", "Approvals", "Revocation",
     "Store", "SQLiteStore", "StoreError", "SchemaVersionError", "DuplicateSerialError",
     "NotFoundError", "StateError", "PendingState", "IssuedRecord", "PendingRecord",
     "UserRecord", "AuditRecord", "SCHEMA_VERSION",

@@ -73,10 +73,11 @@ from .backend import CABackend, Principal
 from .data_dir import CA_FILES
 from .errors import CAError, Refused
 from .keygen import generate_like, key_recipient
-from .keys import KeyType, PrivateKey
+from .keys import KeyType, PrivateKey, SigningKey
+from .pkcs11_token import Pkcs11Settings, open_key
 from .policy import Draft, IssuingPolicy, Profile
 from .revocation import Revocation
-from .signer import KeyFileSigner, Signer
+from .signer import KeySigner, Signer
 from .store import (
     DuplicateSerialError,
     IssuedRecord,
@@ -214,8 +215,8 @@ class EmbeddedCA(CABackend):
         data_dir: Path,
         *,
         store: Store,
-        root: tuple[x509.Certificate, PrivateKey],
-        issuer: tuple[x509.Certificate, PrivateKey],
+        root: tuple[x509.Certificate, SigningKey | None],
+        issuer: tuple[x509.Certificate, SigningKey | None],
         server: tuple[x509.Certificate, PrivateKey],
         realm: str,
         digest_secret: bytes,
@@ -231,8 +232,15 @@ class EmbeddedCA(CABackend):
         self.server_certificate, self._server_key = server
         if signer is not None and signer.certificate != self.issuer_certificate:
             raise CAError("the signer's certificate is not this CA's issuing certificate")
-        #: Signs for the issuing CA (the key file's key by default).
-        self.signer: Signer = signer or KeyFileSigner(*issuer)
+        # A signer made here from the issuing key is closed with the CA; a
+        # signer passed in belongs to the caller.
+        self._own_signer = signer is None
+        if signer is None:
+            if issuer[1] is None:
+                raise CAError("the issuing CA needs a key or a signer")
+            signer = KeySigner(issuer[0], issuer[1])
+        #: Signs for the issuing CA (with the issuing key by default).
+        self.signer: Signer = signer
         chain = [self.issuer_certificate] if self.issuer_certificate != self.root_certificate else []
         #: The CA certificates a client trusts (ca.pem, /cacerts): issuing CA first.
         self.ca_certificates: tuple[x509.Certificate, ...] = tuple(chain) + (self.root_certificate,)
@@ -261,6 +269,7 @@ class EmbeddedCA(CABackend):
         settings: CASettings | None = None,
         store: Store | None = None,
         store_location: str | None = None,
+        pkcs11: Pkcs11Settings | None = None,
     ) -> EmbeddedCA:
         """Create the CA in *data_dir*, or load it if it exists (idempotent).
 
@@ -284,6 +293,10 @@ class EmbeddedCA(CABackend):
                 :mod:`estproto.ca.store_location`), e.g. a ``postgresql://``
                 URL; a new CA records it in config.json, so later opens
                 find it. Default: the existing CA's, else DIR/estproto.db.
+            pkcs11: make a new CA's keys in this PKCS#11 token ("p256" or
+                "rsa"; see :mod:`estproto.ca.pkcs11_token`) instead of key
+                files; config.json records where, and later opens use the
+                token (its PIN from the environment or the PIN file).
 
         Raises:
             CAError: unusable arguments or files.
@@ -307,7 +320,7 @@ class EmbeddedCA(CABackend):
                                group_commit=(settings or CASettings()).group_commit)
         try:
             _directory.create_or_update(root_dir, list(hostnames), key_type, intermediate, realm,
-                                        store, store_location)
+                                        store, store_location, pkcs11)
             return cls.open(root_dir, settings=settings, store=store)
         except BaseException:
             if own_store:
@@ -344,22 +357,35 @@ class EmbeddedCA(CABackend):
         d = Path(data_dir)
         settings = settings or CASettings()
         material = _directory.load(d)
+        issuer: tuple[x509.Certificate, SigningKey | None] = material.issuer
+        token_key = None
+        if material.pkcs11 is not None and signer is None:
+            token_key = open_key(material.pkcs11)
+            issuer = (issuer[0], token_key)
         own_store = store is None
-        if store is None:
-            store = open_store(store_location or material.store_location, d / CA_FILES["store"],
-                               group_commit=settings.group_commit)
         try:
-            return cls(d, store=store, root=material.root, issuer=material.issuer,
+            if token_key is not None:
+                _directory.check_key_matches(token_key, issuer[0])
+            if store is None:
+                store = open_store(store_location or material.store_location, d / CA_FILES["store"],
+                                   group_commit=settings.group_commit)
+            return cls(d, store=store, root=material.root, issuer=issuer,
                        server=material.server, realm=material.realm,
                        digest_secret=material.digest_secret, settings=settings, signer=signer)
         except BaseException:
-            if own_store:
+            if own_store and store is not None:
                 store.close()
+            if token_key is not None:
+                token_key.close()
             raise
 
     def close(self) -> None:
-        """Close the store."""
-        self.store.close()
+        """Close the store, and the signer unless it was passed in."""
+        try:
+            self.store.close()
+        finally:
+            if self._own_signer:
+                self.signer.close()
 
     def __enter__(self) -> EmbeddedCA:
         return self
@@ -592,6 +618,8 @@ class EmbeddedCA(CABackend):
         """
         if not isinstance(request, SimpleEnrollRequest) or self.settings.manual_approval:
             return None
+        if not self.signer.in_memory:
+            return None  # a token's round trip must not stall the event loop
         creds = request.credentials
         if not isinstance(creds, auth.BasicCredentials):
             return None

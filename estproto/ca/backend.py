@@ -20,7 +20,8 @@ block on its database or on an HSM). It fixes the order every backend gets:
    of what was issued can name who asked.
 3. An exception from the backend becomes a 5xx with a generic reason (the
    detail goes to :mod:`logging`, never to the client): a
-   :class:`~estproto.ca.store.StoreError` is 503 (try again later), anything
+   :class:`~estproto.ca.store.StoreError` or a
+   :class:`~estproto.ca.errors.SignerError` is 503 (try again later), anything
    else 500. A response of the wrong kind for the operation is a backend
    bug and is answered 500 too, instead of breaking the connection.
 """
@@ -56,6 +57,7 @@ from .._events import (
 from .._paths import Operation
 from .._response_future import InlineHandler, ResponseFuture
 from ..codecs.csrattrs import CsrAttributes
+from .errors import SignerError
 from .store import StoreError
 
 __all__ = ["Principal", "CABackend", "make_handler", "make_inline_handler", "Handler"]
@@ -260,6 +262,9 @@ def _answer(
     except StoreError:
         log.exception("certificate store failure on %s", _describe(request))
         return ErrorResponse(503, "certificate store unavailable, try again later")
+    except SignerError:
+        log.exception("CA signer failure on %s", _describe(request))
+        return ErrorResponse(503, "CA signer unavailable, try again later")
     except Exception:
         log.exception("CA backend failure on %s", _describe(request))
         return ErrorResponse(500, "internal CA error")

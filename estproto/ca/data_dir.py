@@ -13,6 +13,13 @@ One data directory holds everything::
     DIR/estproto.db                        the SQLite store (see store.py)
     DIR/config.json                        written last: marks a complete init
 
+With the CA keys in a PKCS#11 token (``pkcs11`` given to
+:func:`create_or_update`) there are no root.key and intermediate.key: the
+issuing key is the token's ``key_label`` and an intermediate's root key
+``<key_label>-root`` in the same token; config.json records where (never
+the PIN). The TLS key of the endpoint stays a file: every TLS handshake
+uses it, and a token round trip per handshake is not what an HSM is for.
+
 Key files are created with mode 0600 and written atomically (temporary file,
 fsync, rename); :func:`create_or_update` holds an exclusive ``flock`` so
 that several ``serve --workers N`` processes starting at once create one CA,
@@ -32,15 +39,19 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from cryptography import x509
+from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from .errors import CAError
-from .keys import PrivateKey, cert_pem, hash_for, key_pem, load_key, new_key
+from .keys import PrivateKey, SigningKey, cert_pem, key_pem, load_key, new_key
+from .pkcs11_token import Pkcs11Settings, TokenKey, create_key, open_key
 from .policy import BACKDATE, end_entity_key_usage
+from .signer import sign_certificate
 from .store import IssuedRecord, Store
 from .store_location import open_store
 
 __all__ = ["CA_FILES", "CAMaterial", "create_or_update", "load", "read_config", "write_file",
+           "check_key_matches",
            "ROOT_VALIDITY_DAYS", "INTERMEDIATE_VALIDITY_DAYS", "SERVER_VALIDITY_DAYS"]
 
 #: Names of the files in the data directory.
@@ -51,6 +62,10 @@ CA_FILES = {
     "trust": "ca.pem", "digest_secret": "digest.secret", "store": "estproto.db",
     "config": "config.json", "lock": ".init.lock",
 }
+
+#: Key objects that live in this process (written to key files), as
+#: opposed to token keys.
+_IN_MEMORY = (ec.EllipticCurvePrivateKey, rsa.RSAPrivateKey, ed25519.Ed25519PrivateKey)
 
 #: Format version of config.json.
 _CONFIG_FORMAT = 1
@@ -65,13 +80,19 @@ SERVER_VALIDITY_DAYS = 397
 class CAMaterial:
     """What a loaded data directory holds."""
 
-    root: tuple[x509.Certificate, PrivateKey]
-    issuer: tuple[x509.Certificate, PrivateKey]
+    #: The root certificate and its key (None when the key is in a token:
+    #: nothing after init signs with it).
+    root: tuple[x509.Certificate, PrivateKey | None]
+    #: The issuing certificate and its key (None when the key is in the
+    #: token :attr:`pkcs11` names: open it with :func:`open_key`).
+    issuer: tuple[x509.Certificate, PrivateKey | None]
     server: tuple[x509.Certificate, PrivateKey]
     realm: str
     digest_secret: bytes
     #: config.json's store location (None: DIR/estproto.db).
     store_location: str | None = None
+    #: Where the issuing key lives when it is in a PKCS#11 token.
+    pkcs11: Pkcs11Settings | None = None
 
 
 def write_file(path: Path, data: bytes, mode: int) -> None:
@@ -112,11 +133,10 @@ def _general_name(host: str) -> x509.GeneralName:
 
 
 def _ca_cert(
-    key: PrivateKey, subject: x509.Name, issuer: x509.Certificate | None,
-    issuer_key: PrivateKey | None, days: int, path_length: int | None,
+    key: SigningKey, subject: x509.Name, issuer: x509.Certificate | None,
+    issuer_key: SigningKey | None, days: int, path_length: int | None,
 ) -> x509.Certificate:
     now = datetime.datetime.now(datetime.timezone.utc)
-    signer = issuer_key or key
     builder = (
         x509.CertificateBuilder()
         .subject_name(subject)
@@ -136,11 +156,11 @@ def _ca_cert(
             x509.AuthorityKeyIdentifier.from_issuer_public_key(issuer.public_key()),  # type: ignore[arg-type]  # our own CA: EC, RSA or EdDSA
             critical=False,
         )
-    return builder.sign(signer, hash_for(signer))
+    return sign_certificate(builder, issuer_key or key)
 
 
 def _server_cert(
-    key: PrivateKey, hostnames: Sequence[str], issuer: x509.Certificate, issuer_key: PrivateKey,
+    key: PrivateKey, hostnames: Sequence[str], issuer: x509.Certificate, issuer_key: SigningKey,
 ) -> x509.Certificate:
     now = datetime.datetime.now(datetime.timezone.utc)
     usage = end_entity_key_usage(key.public_key())
@@ -163,7 +183,7 @@ def _server_cert(
             critical=False,
         )
     )
-    return builder.sign(issuer_key, hash_for(issuer_key))
+    return sign_certificate(builder, issuer_key)
 
 
 def _record_server_certificate(d: Path, store: Store | None, server: x509.Certificate,
@@ -191,44 +211,74 @@ def _write_config(d: Path, config: dict[str, Any]) -> None:
 
 def create_or_update(
     d: Path, hostnames: list[str], key_type: str, intermediate: bool, realm: str, store: Store | None,
-    store_location: str | None = None,
+    store_location: str | None = None, pkcs11: Pkcs11Settings | None = None,
 ) -> None:
     """Create the CA in *d* (mode 0700) unless it exists; an existing one
     gets a TLS certificate covering *hostnames* too if it does not yet.
-    A new CA's config.json records *store_location* (where *store* is)."""
+    A new CA's config.json records *store_location* (where *store* is),
+    and its keys are made in the token *pkcs11* names, if given (see
+    the module docstring)."""
     d.mkdir(mode=0o700, parents=True, exist_ok=True)
     with _FileLock(d / CA_FILES["lock"]):
         if not (d / CA_FILES["config"]).exists():
-            _create(d, hostnames, key_type, intermediate, realm, store, store_location)
+            _create(d, hostnames, key_type, intermediate, realm, store, store_location, pkcs11)
         else:
             _cover_hostnames(d, hostnames, store)
 
 
+def _root_label(pkcs11: Pkcs11Settings) -> str:
+    return f"{pkcs11.key_label}-root"
+
+
 def _create(
     d: Path, hostnames: list[str], key_type: str, intermediate: bool, realm: str, store: Store | None,
-    store_location: str | None,
+    store_location: str | None, pkcs11: Pkcs11Settings | None,
+) -> None:
+    if pkcs11 is None:
+        _create_with_keys(d, hostnames, key_type, intermediate, realm, store, store_location,
+                          new_key(key_type), new_key(key_type) if intermediate else None, None)
+        return
+    if key_type not in ("p256", "rsa"):
+        raise CAError(f"a CA key in a PKCS#11 token is p256 or rsa, not {key_type}")
+    opened: list[TokenKey] = []
+    try:
+        if intermediate:
+            opened.append(create_key(pkcs11.with_key_label(_root_label(pkcs11)), key_type))
+        opened.append(create_key(pkcs11, key_type))
+        root_key, issuer_key = (opened[0], opened[1]) if intermediate else (opened[0], None)
+        _create_with_keys(d, hostnames, key_type, intermediate, realm, store, store_location,
+                          root_key, issuer_key, pkcs11)
+    finally:
+        for key in opened:
+            key.close()
+
+
+def _create_with_keys(
+    d: Path, hostnames: list[str], key_type: str, intermediate: bool, realm: str, store: Store | None,
+    store_location: str | None, root_key: SigningKey, intermediate_key: SigningKey | None,
+    pkcs11: Pkcs11Settings | None,
 ) -> None:
     tag = secrets.token_hex(4)
-    root_key = new_key(key_type)
     root_name = x509.Name([
         x509.NameAttribute(NameOID.ORGANIZATION_NAME, "estproto"),
         x509.NameAttribute(NameOID.COMMON_NAME, f"estproto Root CA {tag}"),
     ])
     root = _ca_cert(root_key, root_name, None, None, ROOT_VALIDITY_DAYS, None)
     issuer, issuer_key = root, root_key
-    files: list[tuple[str, bytes, int]] = [
-        ("root_key", key_pem(root_key), 0o600), ("root_cert", cert_pem(root), 0o644),
-    ]
+    files: list[tuple[str, bytes, int]] = [("root_cert", cert_pem(root), 0o644)]
+    if isinstance(root_key, _IN_MEMORY):
+        files.append(("root_key", key_pem(root_key), 0o600))
     trust = cert_pem(root)
-    if intermediate:
-        issuer_key = new_key(key_type)
+    if intermediate_key is not None:
+        issuer_key = intermediate_key
         name = x509.Name([
             x509.NameAttribute(NameOID.ORGANIZATION_NAME, "estproto"),
             x509.NameAttribute(NameOID.COMMON_NAME, f"estproto Issuing CA {tag}"),
         ])
         issuer = _ca_cert(issuer_key, name, root, root_key, INTERMEDIATE_VALIDITY_DAYS, 0)
-        files += [("intermediate_key", key_pem(issuer_key), 0o600),
-                  ("intermediate_cert", cert_pem(issuer), 0o644)]
+        files.append(("intermediate_cert", cert_pem(issuer), 0o644))
+        if isinstance(issuer_key, _IN_MEMORY):
+            files.append(("intermediate_key", key_pem(issuer_key), 0o600))
         trust = cert_pem(issuer) + trust
     server_key = new_key("rsa" if key_type == "rsa" else "p256")
     server = _server_cert(server_key, hostnames, issuer, issuer_key)
@@ -244,6 +294,8 @@ def _create(
                               "intermediate": intermediate, "hostnames": hostnames, "realm": realm}
     if store_location is not None:
         config["store"] = store_location
+    if pkcs11 is not None:
+        config["pkcs11"] = pkcs11.to_config()
     _write_config(d, config)
 
 
@@ -256,9 +308,16 @@ def _cover_hostnames(d: Path, hostnames: list[str], store: Store | None) -> None
     wanted = current + missing
     issuer_name = "intermediate" if config.get("intermediate") else "root"
     issuer = x509.load_pem_x509_certificate((d / CA_FILES[f"{issuer_name}_cert"]).read_bytes())
-    issuer_key = load_key(d / CA_FILES[f"{issuer_name}_key"])
     server_key = load_key(d / CA_FILES["server_key"])
-    server = _server_cert(server_key, wanted, issuer, issuer_key)
+    if "pkcs11" in config:
+        token_key = open_key(Pkcs11Settings.from_config(config["pkcs11"]))
+        try:
+            check_key_matches(token_key, issuer)
+            server = _server_cert(server_key, wanted, issuer, token_key)
+        finally:
+            token_key.close()
+    else:
+        server = _server_cert(server_key, wanted, issuer, load_key(d / CA_FILES[f"{issuer_name}_key"]))
     _record_server_certificate(d, store, server, "server-certificate", f"hosts={','.join(wanted)}")
     write_file(d / CA_FILES["server_cert"], cert_pem(server), 0o644)
     config["hostnames"] = wanted
@@ -295,12 +354,18 @@ def load(d: Path) -> CAMaterial:
         config = json.loads(config_path.read_text())
         if config.get("format") != _CONFIG_FORMAT:
             raise CAError(f"{config_path}: unknown format {config.get('format')!r}")
-        root = (x509.load_pem_x509_certificate((d / CA_FILES["root_cert"]).read_bytes()),
-                load_key(d / CA_FILES["root_key"]))
+        pkcs11 = Pkcs11Settings.from_config(config["pkcs11"]) if "pkcs11" in config else None
+
+        def key(name: str) -> PrivateKey | None:
+            return None if pkcs11 is not None else load_key(d / CA_FILES[name])
+
+        root: tuple[x509.Certificate, PrivateKey | None] = (
+            x509.load_pem_x509_certificate((d / CA_FILES["root_cert"]).read_bytes()),
+            key("root_key"))
         issuer = root
         if config.get("intermediate"):
             issuer = (x509.load_pem_x509_certificate((d / CA_FILES["intermediate_cert"]).read_bytes()),
-                      load_key(d / CA_FILES["intermediate_key"]))
+                      key("intermediate_key"))
         server = (x509.load_pem_x509_certificate((d / CA_FILES["server_cert"]).read_bytes()),
                   load_key(d / CA_FILES["server_key"]))
         digest_secret = (d / CA_FILES["digest_secret"]).read_bytes()
@@ -309,4 +374,12 @@ def load(d: Path) -> CAMaterial:
     location = config.get("store")
     return CAMaterial(root=root, issuer=issuer, server=server,
                       realm=str(config.get("realm", "estproto")), digest_secret=digest_secret,
-                      store_location=None if location is None else str(location))
+                      store_location=None if location is None else str(location), pkcs11=pkcs11)
+
+
+def check_key_matches(key: SigningKey, certificate: x509.Certificate) -> None:
+    """Raises CAError unless *key* is the key of *certificate* (a token
+    holding another key under the recorded label must not sign)."""
+    if key.public_key() != certificate.public_key():
+        raise CAError(f"the CA key does not match the certificate of "
+                      f"{certificate.subject.rfc4514_string()}")

@@ -4,12 +4,18 @@ from __future__ import annotations
 
 from ..codecs import cmc
 
-__all__ = ["CAError", "Refused"]
+__all__ = ["CAError", "SignerError", "Refused"]
 
 
 class CAError(Exception):
     """The CA cannot be set up or loaded (not initialised, unreadable or
     inconsistent files, unsupported settings)."""
+
+
+class SignerError(Exception):
+    """The CA's key could not sign just now (a token unreachable, its
+    session lost, a bad signature returned): answered 503, like a store
+    failure, since nothing was issued."""
 
 
 class Refused(Exception):

@@ -10,13 +10,16 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed448, ed25519, rsa
 
+from ..codecs.external_key import ExternalSigningKey
 from .errors import CAError
 
-__all__ = ["PrivateKey", "KeyType", "CURVES", "new_key", "load_key", "key_pem", "cert_pem", "hash_for"]
+__all__ = ["PrivateKey", "SigningKey", "KeyType", "CURVES", "new_key", "load_key", "key_pem", "cert_pem", "hash_for"]
 
 PrivateKey = Union[
     ec.EllipticCurvePrivateKey, rsa.RSAPrivateKey, ed25519.Ed25519PrivateKey, ed448.Ed448PrivateKey
 ]
+#: What signs for a CA: a key in memory, or one kept in a token.
+SigningKey = Union[PrivateKey, ExternalSigningKey]
 KeyType = Literal["p256", "rsa", "ed25519"]
 
 #: Elliptic curves accepted in requests and generated for /serverkeygen.
@@ -55,13 +58,14 @@ def cert_pem(cert: x509.Certificate) -> bytes:
     return cert.public_bytes(serialization.Encoding.PEM)
 
 
-def hash_for(key: PrivateKey) -> hashes.SHA256 | hashes.SHA384 | hashes.SHA512 | None:
+def hash_for(key: SigningKey) -> hashes.SHA256 | hashes.SHA384 | hashes.SHA512 | None:
     """The digest a signature by *key* uses: none for EdDSA, else one as
     strong as the key (SHA-256 up to P-256 and for RSA)."""
-    if isinstance(key, (ed25519.Ed25519PrivateKey, ed448.Ed448PrivateKey)):
+    public = key.public_key()
+    if isinstance(public, (ed25519.Ed25519PublicKey, ed448.Ed448PublicKey)):
         return None
-    if isinstance(key, ec.EllipticCurvePrivateKey) and key.curve.key_size > 384:
+    if isinstance(public, ec.EllipticCurvePublicKey) and public.curve.key_size > 384:
         return hashes.SHA512()
-    if isinstance(key, ec.EllipticCurvePrivateKey) and key.curve.key_size > 256:
+    if isinstance(public, ec.EllipticCurvePublicKey) and public.curve.key_size > 256:
         return hashes.SHA384()
     return hashes.SHA256()

@@ -49,10 +49,12 @@ from ..ca import (
     NotFoundError,
     PendingState,
     Profile,
+    SignerError,
     StateError,
     StoreError,
 )
 from ..ca.data_dir import read_config
+from ..ca.pkcs11_token import PIN_ENV, Pkcs11Settings
 from ..ca.store_location import check_location
 from ..codecs import pkcs10
 from ._client import KEY_TYPES, _read_csr, _subject, new_key
@@ -105,6 +107,7 @@ def store_location(text: str) -> str:
 def init_ca(
     data_dir: str, hostnames: list[str] | None, key_type: str = "p256", intermediate: bool = False,
     settings: CASettings | None = None, store: str | None = None,
+    pkcs11: Pkcs11Settings | None = None,
 ) -> EmbeddedCA:
     """``EmbeddedCA.init`` with the CLI's error translation (caller closes it).
 
@@ -112,6 +115,7 @@ def init_ca(
         hostnames: names for the TLS certificate; None opens an existing CA
             as it is.
         store: ``--store`` (a new CA records it).
+        pkcs11: ``--pkcs11-module`` and friends (a new CA's keys).
 
     Raises:
         CLIError: REFUSED when the directory cannot be used.
@@ -121,9 +125,9 @@ def init_ca(
             return EmbeddedCA.open(data_dir, settings=settings, store_location=store)
         return EmbeddedCA.init(
             data_dir, hostnames=hostnames, key_type=key_type,  # type: ignore[arg-type]  # argparse choices; init() re-checks
-            intermediate=intermediate, settings=settings, store_location=store,
+            intermediate=intermediate, settings=settings, store_location=store, pkcs11=pkcs11,
         )
-    except (CAError, StoreError, ValueError) as exc:
+    except (CAError, SignerError, StoreError, ValueError) as exc:
         raise CLIError(ExitCode.REFUSED, f"cannot initialise the CA in {data_dir}: {exc}") from None
     except OSError as exc:
         raise CLIError(ExitCode.REFUSED, f"cannot initialise the CA in {data_dir}: {exc.strerror or exc}") from None
@@ -144,7 +148,7 @@ def _with_ca(
         ca = _open(args.data_dir, settings, args.store)
         try:
             return action(ca, args)
-        except (NotFoundError, StateError) as exc:
+        except (NotFoundError, StateError, SignerError) as exc:
             raise CLIError(ExitCode.REFUSED, str(exc)) from None
         except StoreError as exc:
             raise CLIError(ExitCode.REFUSED, f"store error: {exc}") from None
@@ -172,11 +176,13 @@ def _cmd_init(args: argparse.Namespace) -> int:
         wanted = {"key_type": args.key_type, "intermediate": True if args.intermediate else None}
         differs = [f"--{k.replace('_', '-')} (it has {existing.get(k)})" for k, v in wanted.items()
                    if v is not None and existing.get(k) != v]
+        if args.pkcs11_module is not None and existing.get("pkcs11") is None:
+            differs.append("--pkcs11-module (its keys are files)")
         if differs:
             raise CLIError(ExitCode.REFUSED, f"a CA already exists in {args.data_dir}: "
                                              f"{', '.join(differs)} applies to a new CA only")
     ca = init_ca(args.data_dir, args.hostname or ["127.0.0.1", "localhost"], args.key_type or "p256",
-                 args.intermediate, store=args.store)
+                 args.intermediate, store=args.store, pkcs11=_pkcs11_settings(args))
     try:
         print(f"CA ready in {args.data_dir}" + (" (existing)" if existing is not None else " (new)"))
         print(f"  root:        {ca.root_certificate.subject.rfc4514_string()}")
@@ -184,9 +190,32 @@ def _cmd_init(args: argparse.Namespace) -> int:
             print(f"  issuing CA:  {ca.issuer_certificate.subject.rfc4514_string()}")
         print(f"  trust file:  {ca.data_dir / 'ca.pem'}")
         print(f"  fingerprint: {ca.fingerprint()}")
+        if existing is None and args.pkcs11_module is not None:
+            print(f"  CA key:      PKCS#11 token {args.token_label!r}, label {args.key_label!r}")
     finally:
         ca.close()
     return 0
+
+
+def _pkcs11_settings(args: argparse.Namespace) -> Pkcs11Settings | None:
+    """``--pkcs11-module``, ``--token-label``, ``--key-label`` and
+    ``--pkcs11-pin-file``: all of the first three, or none."""
+    given = {"--pkcs11-module": args.pkcs11_module, "--token-label": args.token_label,
+             "--key-label": args.key_label}
+    if all(v is None for v in given.values()):
+        if args.pkcs11_pin_file is not None:
+            raise CLIError(ExitCode.USAGE, "--pkcs11-pin-file needs --pkcs11-module")
+        return None
+    missing = [flag for flag, v in given.items() if not v]
+    if missing:
+        raise CLIError(ExitCode.USAGE, f"a CA key in a PKCS#11 token needs {', '.join(missing)} "
+                                       f"too")
+    pin_file = None if args.pkcs11_pin_file is None else str(Path(args.pkcs11_pin_file).resolve())
+    try:
+        return Pkcs11Settings(str(Path(args.pkcs11_module).resolve()), args.token_label,
+                              args.key_label, pin_file)
+    except CAError as exc:
+        raise CLIError(ExitCode.USAGE, str(exc)) from None
 
 
 def _list_users(ca: EmbeddedCA, args: argparse.Namespace) -> int:
@@ -393,6 +422,17 @@ def add_parser(commands: Any, formatter: type[argparse.HelpFormatter]) -> None:
                    help="CA key type (default p256; a new CA only)")
     p.add_argument("--intermediate", action="store_true",
                    help="issue from an intermediate CA under the root")
+    hsm = p.add_argument_group(
+        "CA key in a PKCS#11 token (a new CA only; p256 or rsa)",
+        f"The key is generated in the token (or an existing one with --key-label is used) and "
+        f"never leaves it. The user PIN comes from --pkcs11-pin-file or ${PIN_ENV}, never a "
+        f"flag; an --intermediate's root key is <key-label>-root in the same token.")
+    hsm.add_argument("--pkcs11-module", metavar="PATH",
+                     help="the token's PKCS#11 library, e.g. /usr/lib/softhsm/libsofthsm2.so")
+    hsm.add_argument("--token-label", metavar="LABEL", help="the token's label")
+    hsm.add_argument("--key-label", metavar="LABEL", help="the CA key's CKA_LABEL in the token")
+    hsm.add_argument("--pkcs11-pin-file", metavar="FILE",
+                     help=f"file holding the user PIN (recorded in config.json; default ${PIN_ENV})")
     p.set_defaults(func=_cmd_init)
 
     p = command("add-user", "create or replace an HTTP user (password from $ESTPROTO_PASSWORD or a prompt)",

@@ -43,6 +43,7 @@ from cryptography.hazmat.primitives.asymmetric import ec, ed448, ed25519, paddin
 from .._errors import BadSignature, DecodeError, LocalProtocolError
 from .._limits import MAX_CERTIFICATES, MAX_DER_SIZE
 from ._der import check_size, decoding
+from .external_key import ExternalSigningKey
 
 __all__ = [
     "ID_DATA",
@@ -76,6 +77,7 @@ SigningKey = Union[
     ec.EllipticCurvePrivateKey,
     ed25519.Ed25519PrivateKey,
     ed448.Ed448PrivateKey,
+    ExternalSigningKey,
 ]
 VerifyingKey = Union[
     rsa.RSAPublicKey,
@@ -136,7 +138,8 @@ class Signer:
     """One signer for :func:`build_signed_data_multi`.
 
     Attributes:
-        key: the private key that signs.
+        key: the private key that signs (a ``cryptography`` key, or an
+            :class:`~.external_key.ExternalSigningKey` such as an HSM key).
         certificate: identifies the signer by issuerAndSerialNumber
             (SignerInfo version 1) when given.
         subject_key_identifier: identifies the signer by
@@ -219,11 +222,11 @@ class SignedContent:
 # Building
 
 
-def _default_hash(key: SigningKey) -> hashes.HashAlgorithm:
-    if isinstance(key, ec.EllipticCurvePrivateKey):
-        if key.curve.key_size > 384:
+def _default_hash(public: VerifyingKey) -> hashes.HashAlgorithm:
+    if isinstance(public, ec.EllipticCurvePublicKey):
+        if public.curve.key_size > 384:
             return hashes.SHA512()
-        if key.curve.key_size > 256:
+        if public.curve.key_size > 256:
             return hashes.SHA384()
     return hashes.SHA256()
 
@@ -232,9 +235,10 @@ def _algorithms(
     signer: Signer,
 ) -> tuple[hashes.HashAlgorithm, cms.DigestAlgorithm, cms.SignedDigestAlgorithm]:
     """Pick the digest and signature AlgorithmIdentifiers for a signer."""
-    key = signer.key
+    # Judged by the public key: an ExternalSigningKey has no private type.
+    public = signer.key.public_key()
     chosen = signer.hash_algorithm
-    if isinstance(key, ed25519.Ed25519PrivateKey):
+    if isinstance(public, ed25519.Ed25519PublicKey):
         # RFC 8419 3.1: "When signing with Ed25519, the digestAlgorithm MUST
         # be id-sha512, and the algorithm parameters field MUST be absent."
         if chosen is not None and not isinstance(chosen, hashes.SHA512):
@@ -244,7 +248,7 @@ def _algorithms(
             _digest_alg_id(_HASH_NAME_TO_OID["sha512"]),
             cms.SignedDigestAlgorithm({"algorithm": _ED25519}),
         )
-    if isinstance(key, ed448.Ed448PrivateKey):
+    if isinstance(public, ed448.Ed448PublicKey):
         # RFC 8419 3.1: Ed448 uses id-shake256-len with output length 512.
         if chosen is not None:
             raise LocalProtocolError("Ed448 signers use SHAKE256/512; pass no hash_algorithm")
@@ -253,24 +257,24 @@ def _algorithms(
             cms.DigestAlgorithm({"algorithm": _ID_SHAKE256_LEN, "parameters": core.Integer(512)}),
             cms.SignedDigestAlgorithm({"algorithm": _ED448}),
         )
-    chosen = chosen or _default_hash(key)
+    chosen = chosen or _default_hash(public)
     oid = _HASH_NAME_TO_OID.get(chosen.name)
     if oid is None:
         raise LocalProtocolError(f"unsupported CMS digest algorithm {chosen.name}")
     # RFC 5754 2: "Implementations MUST generate SHA2 AlgorithmIdentifiers
     # with absent parameters."
     digest_alg = _digest_alg_id(oid)
-    if isinstance(key, rsa.RSAPrivateKey):
+    if isinstance(public, rsa.RSAPublicKey):
         # RFC 3370 3.2: rsaEncryption with NULL parameters, the form every
         # CMS implementation accepts.
         sig_alg = cms.SignedDigestAlgorithm({"algorithm": _RSA_ENCRYPTION, "parameters": core.Null()})
-    elif isinstance(key, ec.EllipticCurvePrivateKey):
+    elif isinstance(public, ec.EllipticCurvePublicKey):
         sig_oid = _ECDSA_OID_BY_HASH.get(chosen.name)
         if sig_oid is None:
             raise LocalProtocolError(f"ECDSA in CMS cannot use {chosen.name} (RFC 5753)")
         sig_alg = cms.SignedDigestAlgorithm({"algorithm": sig_oid})
     else:
-        raise LocalProtocolError(f"unsupported signer key type {type(key).__name__}")
+        raise LocalProtocolError(f"unsupported signer key type {type(signer.key).__name__}")
     return chosen, digest_alg, sig_alg
 
 
@@ -292,6 +296,8 @@ def _digest(algorithm: hashes.HashAlgorithm, data: bytes) -> bytes:
 
 
 def _sign(key: SigningKey, hash_alg: hashes.HashAlgorithm, data: bytes) -> bytes:
+    if isinstance(key, ExternalSigningKey):
+        return key.sign(data, hash_alg)
     if isinstance(key, rsa.RSAPrivateKey):
         return key.sign(data, padding.PKCS1v15(), hash_alg)
     if isinstance(key, ec.EllipticCurvePrivateKey):

@@ -107,6 +107,7 @@ from . import signeddata
 #: values are Any to mypy; the name says what the Any stands for.
 Asn1Value = Any
 from ._der import check_size, decoding, load_der
+from .external_key import ExternalSigningKey
 
 __all__ = [
     "PrivateKey",
@@ -1143,8 +1144,9 @@ def _sign_key_package(
     certificates: tuple[x509.Certificate, ...],
 ) -> bytes:
     """SignedData (not ContentInfo) over an AsymmetricKeyPackage."""
-    if not isinstance(signer_key, _KEY_TYPES):
-        raise LocalProtocolError("signer_key must be an RSA, EC, Ed25519 or Ed448 private key")
+    if not isinstance(signer_key, (*_KEY_TYPES, ExternalSigningKey)):
+        raise LocalProtocolError("signer_key must be an RSA, EC, Ed25519 or Ed448 private key "
+                                 "or an ExternalSigningKey")
     # Without a certificate the signer is named by the method-1 key
     # identifier of its key (RFC 5652 section 5.3, SignerInfo version 3).
     content_info = signeddata.build_signed_data(

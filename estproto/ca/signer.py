@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import abc
 import functools
-from typing import Callable
+from typing import Any, Callable
 
 from asn1crypto import crl as asn1_crl
 from asn1crypto import x509 as asn1_x509
@@ -112,14 +112,9 @@ def sign_certificate(builder: x509.CertificateBuilder, key: SigningKey) -> x509.
         return builder.sign(key, hash_for(key))
     algorithm = _external_hash(key)
     draft = builder.sign(_stand_in(_kind(key.public_key())), algorithm)
-    tbs = draft.tbs_certificate_bytes
-    signature = _external_signature(key, tbs, algorithm)
-    parsed = asn1_x509.Certificate.load(draft.public_bytes(serialization.Encoding.DER))
-    der = asn1_x509.Certificate({
-        "tbs_certificate": parsed["tbs_certificate"],
-        "signature_algorithm": parsed["signature_algorithm"],
-        "signature_value": signature,
-    }).dump()
+    der = _resigned(asn1_x509.Certificate, draft.public_bytes(serialization.Encoding.DER),
+                    draft.tbs_certificate_bytes, key, algorithm,
+                    ("tbs_certificate", "signature_algorithm", "signature_value"))
     return x509.load_der_x509_certificate(der)
 
 
@@ -135,15 +130,22 @@ def sign_crl(
         return builder.sign(key, hash_for(key))
     algorithm = _external_hash(key)
     draft = builder.sign(_stand_in(_kind(key.public_key())), algorithm)
-    tbs = draft.tbs_certlist_bytes
-    signature = _external_signature(key, tbs, algorithm)
-    parsed = asn1_crl.CertificateList.load(draft.public_bytes(serialization.Encoding.DER))
-    der = asn1_crl.CertificateList({
-        "tbs_cert_list": parsed["tbs_cert_list"],
-        "signature_algorithm": parsed["signature_algorithm"],
-        "signature": signature,
-    }).dump()
+    der = _resigned(asn1_crl.CertificateList, draft.public_bytes(serialization.Encoding.DER),
+                    draft.tbs_certlist_bytes, key, algorithm,
+                    ("tbs_cert_list", "signature_algorithm", "signature"))
     return x509.load_der_x509_crl(der)
+
+
+def _resigned(kind: Any, draft_der: bytes, tbs: bytes, key: ExternalSigningKey,
+              algorithm: hashes.HashAlgorithm, fields: tuple[str, str, str]) -> bytes:
+    """*draft_der* (a certificate or CRL of asn1crypto class *kind*, signed
+    by the stand-in) with its signature replaced by *key*'s over *tbs*."""
+    signature = _external_signature(key, tbs, algorithm)
+    parsed = kind.load(draft_der)
+    body, algorithm_field, signature_field = fields
+    der: bytes = kind({body: parsed[body], algorithm_field: parsed[algorithm_field],
+                       signature_field: signature}).dump()
+    return der
 
 
 def _external_hash(key: ExternalSigningKey) -> hashes.SHA256 | hashes.SHA384 | hashes.SHA512:

@@ -39,9 +39,9 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from cryptography import x509
-from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
+from ..codecs.external_key import ExternalSigningKey
 from .errors import CAError
 from .keys import PrivateKey, SigningKey, cert_pem, key_pem, load_key, new_key
 from .pkcs11_token import Pkcs11Settings, TokenKey, create_key, open_key
@@ -62,10 +62,6 @@ CA_FILES = {
     "trust": "ca.pem", "digest_secret": "digest.secret", "store": "estproto.db",
     "config": "config.json", "lock": ".init.lock",
 }
-
-#: Key objects that live in this process (written to key files), as
-#: opposed to token keys.
-_IN_MEMORY = (ec.EllipticCurvePrivateKey, rsa.RSAPrivateKey, ed25519.Ed25519PrivateKey)
 
 #: Format version of config.json.
 _CONFIG_FORMAT = 1
@@ -266,7 +262,7 @@ def _create_with_keys(
     root = _ca_cert(root_key, root_name, None, None, ROOT_VALIDITY_DAYS, None)
     issuer, issuer_key = root, root_key
     files: list[tuple[str, bytes, int]] = [("root_cert", cert_pem(root), 0o644)]
-    if isinstance(root_key, _IN_MEMORY):
+    if not isinstance(root_key, ExternalSigningKey):
         files.append(("root_key", key_pem(root_key), 0o600))
     trust = cert_pem(root)
     if intermediate_key is not None:
@@ -277,7 +273,7 @@ def _create_with_keys(
         ])
         issuer = _ca_cert(issuer_key, name, root, root_key, INTERMEDIATE_VALIDITY_DAYS, 0)
         files.append(("intermediate_cert", cert_pem(issuer), 0o644))
-        if isinstance(issuer_key, _IN_MEMORY):
+        if not isinstance(issuer_key, ExternalSigningKey):
             files.append(("intermediate_key", key_pem(issuer_key), 0o600))
         trust = cert_pem(issuer) + trust
     server_key = new_key("rsa" if key_type == "rsa" else "p256")

@@ -12,7 +12,6 @@ import os
 import shutil
 import subprocess
 import sys
-import threading
 from pathlib import Path
 
 import pytest
@@ -209,21 +208,12 @@ def test_cms_answers_are_signed_by_the_token_and_a_lost_session_is_reopened(
 
 def test_two_front_ends_share_one_database_and_one_token_key(
         tmp_path: Path, hsm: SoftHSM, postgres_url: str) -> None:
-    from test_postgres import enroll_loop, stored_serials, two_machines
+    from test_postgres import enroll_concurrently, stored_serials, two_machines
 
     a, b = two_machines(tmp_path, postgres_url, *init_args(hsm))
     assert not (a / "root.key").exists() and not (b / "root.key").exists()
     with serving(a) as front_a, serving(b, "--framework", "asyncio") as front_b:
-        received: list[x509.Certificate] = []
-        errors: list[BaseException] = []
-        stop = threading.Event()
-        threads = [threading.Thread(target=enroll_loop, args=(front.port, a / "ca.pem", stop, received,
-                                                              errors, 5))
-                   for front in (front_a, front_b)]
-        for t in threads:
-            t.start()
-        for t in threads:
-            t.join(120)
+        received, errors = enroll_concurrently([front_a.port, front_b.port], a / "ca.pem", 5, 120)
         assert not errors, errors
         assert front_a.stop() == 0 and front_b.stop() == 0
     issuer = load_cert(a / "root.pem")

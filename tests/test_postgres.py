@@ -44,7 +44,7 @@ from estproto.cli import ExitCode
 from estproto.client import Credentials
 
 from postgres_server import PostgresServer
-from test_cli import PASSWORD, TIMEOUT, run, run_all, serving
+from test_cli import PASSWORD, TIMEOUT, run, serving
 
 pytestmark = pytest.mark.filterwarnings("ignore::ResourceWarning")
 
@@ -196,16 +196,8 @@ def test_two_front_ends_enroll_concurrently_into_one_database(tmp_path: Path, po
     assert postgres_url in config and "password" not in config
     assert not (a / "estproto.db").exists(), "the records went to SQLite, not PostgreSQL"
     with serving(a) as front_a, serving(b, "--framework", "asyncio") as front_b:
-        received: list[x509.Certificate] = []
-        errors: list[BaseException] = []
-        stop = threading.Event()
-        threads = [threading.Thread(target=enroll_loop, args=(front.port, a / "ca.pem", stop, received,
-                                                              errors, 6))
-                   for front in (front_a, front_b, front_a, front_b)]
-        for t in threads:
-            t.start()
-        for t in threads:
-            t.join(TIMEOUT * 2)
+        received, errors = enroll_concurrently([front_a.port, front_b.port] * 2, a / "ca.pem", 6,
+                                               TIMEOUT * 2)
         assert not errors, errors
         # The user added through machine a authenticates on machine b too.
         assert len(received) == 24
@@ -278,6 +270,22 @@ def enroll_loop(port: int, ca_pem: Path, stop: threading.Event, received: list[x
         trio.run(go)
     except BaseException as exc:  # noqa: BLE001 - recorded for the test to judge
         errors.append(exc)
+
+
+def enroll_concurrently(ports: list[int], ca_pem: Path, count: int,
+                        timeout: float) -> tuple[list[x509.Certificate], list[BaseException]]:
+    """One :func:`enroll_loop` of *count* enrollments per entry of *ports*,
+    all at once; the certificates received and the errors seen."""
+    received: list[x509.Certificate] = []
+    errors: list[BaseException] = []
+    stop = threading.Event()
+    threads = [threading.Thread(target=enroll_loop, args=(port, ca_pem, stop, received, errors, count))
+               for port in ports]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout)
+    return received, errors
 
 
 def test_database_restart_and_kill_9_under_load_lose_no_certificate(

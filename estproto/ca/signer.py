@@ -110,12 +110,11 @@ def sign_certificate(builder: x509.CertificateBuilder, key: SigningKey) -> x509.
     """
     if not isinstance(key, ExternalSigningKey):
         return builder.sign(key, hash_for(key))
-    algorithm = _external_hash(key)
-    draft = builder.sign(_stand_in(_kind(key.public_key())), algorithm)
-    der = _resigned(asn1_x509.Certificate, draft.public_bytes(serialization.Encoding.DER),
-                    draft.tbs_certificate_bytes, key, algorithm,
-                    ("tbs_certificate", "signature_algorithm", "signature_value"))
-    return x509.load_der_x509_certificate(der)
+    draft, algorithm = _drafted(builder, key)
+    return x509.load_der_x509_certificate(_resigned(
+        asn1_x509.Certificate, draft.public_bytes(serialization.Encoding.DER),
+        draft.tbs_certificate_bytes, key, algorithm,
+        ("tbs_certificate", "signature_algorithm", "signature_value")))
 
 
 def sign_crl(
@@ -128,12 +127,11 @@ def sign_crl(
     """
     if not isinstance(key, ExternalSigningKey):
         return builder.sign(key, hash_for(key))
-    algorithm = _external_hash(key)
-    draft = builder.sign(_stand_in(_kind(key.public_key())), algorithm)
-    der = _resigned(asn1_crl.CertificateList, draft.public_bytes(serialization.Encoding.DER),
-                    draft.tbs_certlist_bytes, key, algorithm,
-                    ("tbs_cert_list", "signature_algorithm", "signature"))
-    return x509.load_der_x509_crl(der)
+    draft, algorithm = _drafted(builder, key)
+    return x509.load_der_x509_crl(_resigned(
+        asn1_crl.CertificateList, draft.public_bytes(serialization.Encoding.DER),
+        draft.tbs_certlist_bytes, key, algorithm,
+        ("tbs_cert_list", "signature_algorithm", "signature")))
 
 
 def _resigned(kind: Any, draft_der: bytes, tbs: bytes, key: ExternalSigningKey,
@@ -148,10 +146,12 @@ def _resigned(kind: Any, draft_der: bytes, tbs: bytes, key: ExternalSigningKey,
     return der
 
 
-def _external_hash(key: ExternalSigningKey) -> hashes.SHA256 | hashes.SHA384 | hashes.SHA512:
+def _drafted(builder: Any, key: ExternalSigningKey) -> tuple[Any, hashes.HashAlgorithm]:
+    """*builder* (of a certificate or CRL) signed by the stand-in key of
+    *key*'s kind, and the hash *key* will sign its to-be-signed bytes with."""
     algorithm = hash_for(key)
     assert algorithm is not None  # external keys are RSA or ECDSA
-    return algorithm
+    return builder.sign(_stand_in(_kind(key.public_key())), algorithm), algorithm
 
 
 def _kind(public: ExternalPublicKey) -> str:

@@ -13,8 +13,14 @@ libraries cost in Python; ``estproto serve`` over it is what estproto adds.
 It reads the files of an estproto data directory (the TLS identity and the
 issuing CA), so the same load generator and ``ca.pem`` work for both.
 
-Run: ``python benchmarks/bare_server.py DATA_DIR USER PASSWORD`` prints
-``port N`` once listening on 127.0.0.1 and stops on SIGTERM.
+``--durable DB``: the naive way to keep what was issued, for telling the
+cost of durability from estproto's: before answering, each certificate's row
+(the columns of estproto's issued table, serial UNIQUE, no other index) is
+committed on its own to the SQLite file DB (WAL, ``synchronous=FULL``, as
+estproto's store), on the event loop. No group commit.
+
+Run: ``python benchmarks/bare_server.py DATA_DIR USER PASSWORD [--durable DB]``
+prints ``port N`` once listening on 127.0.0.1 and stops on SIGTERM.
 """
 
 from __future__ import annotations
@@ -24,6 +30,7 @@ import base64
 import datetime
 import hmac
 import signal
+import sqlite3
 import sys
 from pathlib import Path
 
@@ -40,13 +47,24 @@ _HEADERS = [(b"Content-Type", b"application/pkcs7-mime; smime-type=certs-only"),
 class Issuer:
     """The CA half: load the CSR, check it, sign a certificate."""
 
-    def __init__(self, data_dir: Path) -> None:
+    def __init__(self, data_dir: Path, durable: Path | None = None) -> None:
         name = "intermediate" if (data_dir / "intermediate.pem").exists() else "root"
         self.cert = x509.load_pem_x509_certificate((data_dir / f"{name}.pem").read_bytes())
         self.key = serialization.load_pem_private_key((data_dir / f"{name}.key").read_bytes(), None)
+        self.db: sqlite3.Connection | None = None
+        if durable is not None:
+            self.db = sqlite3.connect(durable, isolation_level=None)
+            self.db.execute("PRAGMA journal_mode=WAL")
+            self.db.execute("PRAGMA synchronous=FULL")
+            self.db.execute(
+                "CREATE TABLE IF NOT EXISTS issued (id INTEGER PRIMARY KEY, "
+                "serial TEXT NOT NULL UNIQUE, der BLOB NOT NULL, subject TEXT NOT NULL, "
+                "requester TEXT NOT NULL, request_der BLOB, issued_at TEXT NOT NULL, "
+                "not_after TEXT NOT NULL)")
 
-    def enroll(self, body: bytes) -> bytes:
-        csr = x509.load_der_x509_csr(base64.b64decode(body))
+    def enroll(self, body: bytes, requester: str) -> bytes:
+        request_der = base64.b64decode(body)
+        csr = x509.load_der_x509_csr(request_der)
         if not csr.is_signature_valid:
             raise ValueError("bad CSR signature")
         now = datetime.datetime.now(datetime.timezone.utc)
@@ -58,6 +76,13 @@ class Issuer:
             .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
             .sign(self.key, hashes.SHA256())  # type: ignore[arg-type]
         )
+        if self.db is not None:
+            self.db.execute(
+                "INSERT INTO issued (serial, der, subject, requester, request_der, issued_at, "
+                "not_after) VALUES (?,?,?,?,?,?,?)",
+                (format(cert.serial_number, "x"), cert.public_bytes(serialization.Encoding.DER),
+                 cert.subject.rfc4514_string(), requester, request_der, now.isoformat(),
+                 cert.not_valid_after_utc.isoformat()))  # autocommit: one durable commit
         return base64.b64encode(pkcs7.serialize_certificates([cert], serialization.Encoding.DER))
 
 
@@ -85,7 +110,7 @@ def _drain(tls: SSL.Connection) -> bytes:
 
 
 async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
-                 ctx: SSL.Context, issuer: Issuer, expected: bytes) -> None:
+                 ctx: SSL.Context, issuer: Issuer, requester: str, expected: bytes) -> None:
     tls = SSL.Connection(ctx, None)
     tls.set_accept_state()
     http = h11.Connection(h11.SERVER)
@@ -123,7 +148,7 @@ async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
                     elif isinstance(event, h11.EndOfMessage):
                         if not hmac.compare_digest(authorization, expected):
                             raise ValueError("wrong credentials")
-                        reply = issuer.enroll(b"".join(body))
+                        reply = issuer.enroll(b"".join(body), requester)
                         body = []
                         headers = [*_HEADERS, (b"Content-Length", str(len(reply)).encode())]
                         tls.sendall(http.send(h11.Response(status_code=200, headers=headers))
@@ -140,12 +165,12 @@ async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
         writer.close()
 
 
-async def main(data_dir: Path, user: str, password: str) -> None:
+async def main(data_dir: Path, user: str, password: str, durable: Path | None) -> None:
     ctx = tls_context(data_dir)
-    issuer = Issuer(data_dir)
+    issuer = Issuer(data_dir, durable)
     expected = b"Basic " + base64.b64encode(f"{user}:{password}".encode())
     server = await asyncio.start_server(
-        lambda r, w: handle(r, w, ctx, issuer, expected), "127.0.0.1", 0)
+        lambda r, w: handle(r, w, ctx, issuer, f"user:{user}", expected), "127.0.0.1", 0)
     print(f"port {server.sockets[0].getsockname()[1]}", flush=True)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -156,4 +181,7 @@ async def main(data_dir: Path, user: str, password: str) -> None:
 
 
 if __name__ == "__main__":
-    asyncio.run(main(Path(sys.argv[1]), sys.argv[2], sys.argv[3]))
+    if len(sys.argv) not in (4, 6) or (len(sys.argv) == 6 and sys.argv[4] != "--durable"):
+        sys.exit("usage: bare_server.py DATA_DIR USER PASSWORD [--durable DB]")
+    asyncio.run(main(Path(sys.argv[1]), sys.argv[2], sys.argv[3],
+                     Path(sys.argv[5]) if len(sys.argv) == 6 else None))

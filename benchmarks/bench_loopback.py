@@ -9,7 +9,12 @@ What it measures: ``/simpleenroll`` (RFC 7030 4.2.1) answered by
   (``--framework asyncio``), and with ``--workers 2`` when asked (``--workers``);
 * the bare server of ``bare_server.py``: the same libraries (asyncio, h11,
   pyOpenSSL memory BIOs, cryptography), the same TLS identity and issuing CA
-  key, and nothing else (no store, no log, no EST rules).
+  key, and nothing else (no store, no log, no EST rules);
+* with ``--durable``, also that bare server committing each certificate's
+  row on its own to SQLite (``synchronous=FULL``) before answering: what
+  durability alone costs a naive server, beside what estproto costs with it
+  (the line ``durable_reference``, estproto trio CPU / that server's CPU,
+  information only).
 
 Two modes: keep-alive (N enrollments over K concurrent keep-alive TLS
 connections) and new connection (each enrollment on its own new TLS
@@ -159,7 +164,8 @@ class ServerKind:
     ready: re.Pattern[str]
 
 
-def server_kinds(data_dir: Path, workers: bool, store: str | None = None) -> list[ServerKind]:
+def server_kinds(data_dir: Path, workers: bool, store: str | None = None,
+                 durable: Path | None = None) -> list[ServerKind]:
     serve = [sys.executable, "-m", "estproto", "serve", "--data-dir", str(data_dir),
              "--host", "127.0.0.1", "--port", "0"]
     listening = re.compile(r"listening on https://127\.0\.0\.1:(\d+)/")
@@ -175,8 +181,12 @@ def server_kinds(data_dir: Path, workers: bool, store: str | None = None) -> lis
         ]
     if workers:
         kinds.append(ServerKind("trio_workers2", [*serve, "--workers", "2"], listening))
-    kinds.append(ServerKind("bare", [sys.executable, str(Path(__file__).with_name("bare_server.py")),
-                                     str(data_dir), USER, PASSWORD], re.compile(r"port (\d+)")))
+    bare = [sys.executable, str(Path(__file__).with_name("bare_server.py")), str(data_dir), USER,
+            PASSWORD]
+    kinds.append(ServerKind("bare", bare, re.compile(r"port (\d+)")))
+    if durable is not None:
+        kinds.append(ServerKind("bare_durable", [*bare, "--durable", str(durable)],
+                                re.compile(r"port (\d+)")))
     return kinds
 
 
@@ -388,6 +398,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rounds", type=int, default=3, help="rounds (the cheapest is kept)")
     parser.add_argument("--workers", action="store_true", help="also measure serve --workers 2")
     parser.add_argument("--quick", action="store_true", help="tiny run (N=24, K=4, 1 round) for tests")
+    parser.add_argument("--durable", action="store_true",
+                        help="also measure the bare server with a durable SQLite commit per enrollment")
     parser.add_argument("--store", metavar="URL",
                         help="also measure serve --store URL (postgresql://...; PGPASSWORD in the env)")
     args = parser.parse_args(argv)
@@ -415,7 +427,8 @@ def main(argv: list[str] | None = None) -> int:
         log_path = Path(tmp) / "server.log"
         with open(log_path, "wb") as log:
             try:
-                for kind in server_kinds(data_dir, args.workers, args.store):
+                durable = Path(tmp) / "bare.db" if args.durable else None
+                for kind in server_kinds(data_dir, args.workers, args.store, durable):
                     servers.append(ServerProcess(kind, log))
                 gens = {s.kind.name: LoadGenerator(s.port, data_dir / "ca.pem", bodies, k) for s in servers}
                 for s in servers:
@@ -441,12 +454,18 @@ def main(argv: list[str] | None = None) -> int:
             bare = best[("bare", mode)]
             for name in names:
                 r = best[(name, mode)]
-                label = "bare server" if name == "bare" else f"estproto serve ({name})"
+                label = {"bare": "bare server", "bare_durable": "bare server, durable"}.get(
+                    name, f"estproto serve ({name})")
                 database = ("" if r.database_cpu is None else
                             f"  database {r.database_cpu / r.enrollments * 1e6:7.1f} us CPU/enroll")
                 print(f"{mode:10s} {label:32s} {r.per_second:8.1f} enroll/s  "
                       f"server {r.cpu_us:7.1f} us CPU/enroll  x{r.cpu_us / bare.cpu_us:5.2f} bare  "
                       f"peak RSS {rss[name]:6.1f} MiB{database}")
+        if args.durable:
+            durable_ratio = {mode: best[("trio", mode)].cpu_us / best[("bare_durable", mode)].cpu_us
+                             for mode in ("keepalive", "newconn")}
+            print(f"durable_reference keepalive={durable_ratio['keepalive']:.2f} "
+                  f"newconn={durable_ratio['newconn']:.2f}")
         cpu_us = max(best[(a, "keepalive")].cpu_us for a in ADAPTERS)
         print("# server_cpu_us, peak_rss_mb: estproto serve keep-alive, the larger of the two frameworks")
         print("enroll_per_s "

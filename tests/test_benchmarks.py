@@ -59,3 +59,22 @@ def test_benchmark_quick_run(script: str, last_line: re.Pattern[str]) -> None:
     assert lines, "no output"
     tail = "\n".join(lines[-(last_line.pattern.count("\\n") + 1):])
     assert last_line.fullmatch(tail), tail
+
+
+def test_loopback_durable_reference() -> None:
+    """``--durable`` adds the bare server with a durable commit per
+    enrollment, its rows and the ``durable_reference`` line, and the last
+    lines keep their format."""
+    proc = subprocess.run(
+        [sys.executable, str(BENCHMARKS / "bench_loopback.py"), "--quick", "--durable"],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    lines = proc.stdout.strip().splitlines()
+    durable_rows = [line for line in lines if "bare server, durable" in line]
+    assert [row.split()[0] for row in durable_rows] == ["keepalive", "newconn"], lines
+    assert any(re.fullmatch(rf"durable_reference keepalive={_NUM} newconn={_NUM}", line)
+               for line in lines), lines
+    assert re.fullmatch(rf"loopback_ratio keepalive={_NUM} newconn={_NUM}", lines[-1]), lines[-1]

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import os
 import socket
+import struct
 from typing import Awaitable, Callable
 
 import pytest
@@ -111,7 +112,7 @@ def test_reset_peer_is_a_connection_error() -> None:
         sender, receiver = await _pair()
         stream = _Stream(sender)
         # SO_LINGER 0: closing sends a reset.
-        receiver.socket.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, b"\x01\x00\x00\x00\x00\x00\x00\x00")
+        receiver.socket.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
         await receiver.aclose()
         await trio.sleep(0.05)  # the reset reaches the sender's socket
         with pytest.raises(ConnectionError):

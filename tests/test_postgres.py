@@ -285,6 +285,10 @@ def enroll_concurrently(ports: list[int], ca_pem: Path, count: int,
         t.start()
     for t in threads:
         t.join(timeout)
+    alive = sum(t.is_alive() for t in threads)
+    if alive:
+        stop.set()  # let them end; the test fails saying why
+        raise AssertionError(f"{alive} enrollment thread(s) still running after {timeout} s")
     return received, errors
 
 

@@ -7,7 +7,9 @@ timing is asserted: the figures depend on the machine and its load.
 
 from __future__ import annotations
 
+import importlib
 import re
+import sqlite3
 import subprocess
 import sys
 from pathlib import Path
@@ -78,3 +80,35 @@ def test_loopback_durable_reference() -> None:
     assert any(re.fullmatch(rf"durable_reference keepalive={_NUM} newconn={_NUM}", line)
                for line in lines), lines
     assert re.fullmatch(rf"loopback_ratio keepalive={_NUM} newconn={_NUM}", lines[-1]), lines[-1]
+
+
+def test_durable_bare_server_commits_each_certificate_it_answers(tmp_path: Path) -> None:
+    """The durable reference really stores: after N enrollments its file
+    holds N rows, each a certificate whose serial is the row's."""
+    sys.path.insert(0, str(BENCHMARKS))
+    try:
+        bench = importlib.import_module("bench_loopback")
+    finally:
+        sys.path.remove(str(BENCHMARKS))
+    from cryptography import x509
+
+    from estproto.ca import EmbeddedCA
+
+    data_dir = tmp_path / "ca"
+    with EmbeddedCA.init(data_dir, hostnames=("127.0.0.1",)) as ca:
+        ca.add_user(bench.USER, bench.PASSWORD)
+    db = tmp_path / "bare.db"
+    kind = next(k for k in bench.server_kinds(data_dir, False, durable=db) if k.name == "bare_durable")
+    n = 6
+    with open(tmp_path / "server.log", "wb") as log:
+        server = bench.ServerProcess(kind, log)
+        try:
+            bench.LoadGenerator(server.port, data_dir / "ca.pem", bench._make_bodies(n), 2).run(n, True)
+        finally:
+            server.stop()
+    with sqlite3.connect(db) as conn:
+        rows = conn.execute("SELECT serial, der, requester FROM issued").fetchall()
+    assert len(rows) == n
+    for serial, der, requester in rows:
+        assert format(x509.load_der_x509_certificate(der).serial_number, "x") == serial
+        assert requester == f"user:{bench.USER}"

@@ -642,6 +642,15 @@ async def start_publication_server(
 
 
 async def _one_turn() -> None:
+    # The pause before a commit flush (see make_handler_caller), so that the
+    # records of other connections' requests join it. Two iterations, not
+    # one: a request read in the same iteration as ours resumes its task one
+    # iteration later (data_received wakes the waiter, whose callback runs
+    # next), so after one our flush can still run before it is signed.
+    # Measured (4 keep-alive clients, paired runs): 1.35 -> 1.99 records per
+    # commit, ~30-50 us less server CPU per enrollment; neutral at 16
+    # clients and with a new connection per enrollment.
+    await asyncio.sleep(0)
     await asyncio.sleep(0)
 
 

@@ -9,12 +9,16 @@
 * The embedded CA builds the issued record from what it signed instead of
   parsing the new certificate back (IssuedRecord.for_certificate): the record must
   equal the one parsed from the certificate.
+* The asyncio adapter's pause before a commit flush lets a connection whose
+  bytes arrive in the same loop iteration sign its request first, so that
+  the flush covers its record too.
 
 No timing assertions: only results.
 """
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import datetime
 import ipaddress
@@ -144,3 +148,28 @@ def test_issued_record_matches_the_certificate(tmp_path: Path) -> None:
                                                   label="", operation="simpleenroll")
             assert stored is not None
             assert dataclasses.replace(stored, issued_at=parsed.issued_at) == parsed
+
+
+def test_asyncio_flush_pause_lets_a_request_read_after_ours_join() -> None:
+    from estproto.asyncio import _one_turn
+
+    async def main() -> list[str]:
+        loop = asyncio.get_running_loop()
+        readable = loop.create_future()
+        order: list[str] = []
+
+        async def other_connection() -> None:
+            await readable  # its receive(), woken by data_received
+            order.append("other signed")
+
+        task = asyncio.create_task(other_connection())
+        await asyncio.sleep(0)  # it is waiting for bytes
+        # Its data_received runs after us in this loop iteration, as a
+        # transport's read callback queued behind our task does.
+        loop.call_soon(readable.set_result, None)
+        await _one_turn()
+        order.append("flush")
+        await task
+        return order
+
+    assert asyncio.run(main()) == ["other signed", "flush"]

@@ -15,7 +15,8 @@ issuing CA), so the same load generator and ``ca.pem`` work for both.
 
 ``--durable DB``: the naive way to keep what was issued, for telling the
 cost of durability from estproto's: before answering, each certificate's row
-(the columns of estproto's issued table, serial UNIQUE, no other index) is
+(serial UNIQUE, DER, subject, requester, request, issue and expiry times;
+no other index) is
 committed on its own to the SQLite file DB (WAL, ``synchronous=FULL``, as
 estproto's store), on the event loop. No group commit.
 

@@ -183,10 +183,10 @@ def server_kinds(data_dir: Path, workers: bool, store: str | None = None,
         kinds.append(ServerKind("trio_workers2", [*serve, "--workers", "2"], listening))
     bare = [sys.executable, str(Path(__file__).with_name("bare_server.py")), str(data_dir), USER,
             PASSWORD]
-    kinds.append(ServerKind("bare", bare, re.compile(r"port (\d+)")))
+    bare_ready = re.compile(r"port (\d+)")
+    kinds.append(ServerKind("bare", bare, bare_ready))
     if durable is not None:
-        kinds.append(ServerKind("bare_durable", [*bare, "--durable", str(durable)],
-                                re.compile(r"port (\d+)")))
+        kinds.append(ServerKind("bare_durable", [*bare, "--durable", str(durable)], bare_ready))
     return kinds
 
 

@@ -33,6 +33,7 @@ from cryptography.x509.oid import NameOID
 from pki import make_key
 
 from estproto._paths import Operation
+from estproto.asyncio import _one_turn
 from estproto.ca import EmbeddedCA
 from estproto.ca.backend import Principal
 from estproto.ca.sqlite_store import SQLiteStore
@@ -151,8 +152,6 @@ def test_issued_record_matches_the_certificate(tmp_path: Path) -> None:
 
 
 def test_asyncio_flush_pause_lets_a_request_read_after_ours_join() -> None:
-    from estproto.asyncio import _one_turn
-
     async def main() -> list[str]:
         loop = asyncio.get_running_loop()
         readable = loop.create_future()

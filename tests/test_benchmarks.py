@@ -7,6 +7,7 @@ timing is asserted: the figures depend on the machine and its load.
 
 from __future__ import annotations
 
+import base64
 import importlib
 import re
 import sqlite3
@@ -83,14 +84,17 @@ def test_loopback_durable_reference() -> None:
 
 
 def test_durable_bare_server_commits_each_certificate_it_answers(tmp_path: Path) -> None:
-    """The durable reference really stores: after N enrollments its file
-    holds N rows, each a certificate whose serial is the row's."""
+    """The durable reference really stores: after N+1 enrollments its file
+    holds N+1 rows, each a certificate whose serial is the row's, and the
+    certificate a client received is one of them, byte for byte."""
     sys.path.insert(0, str(BENCHMARKS))
     try:
         bench = importlib.import_module("bench_loopback")
     finally:
         sys.path.remove(str(BENCHMARKS))
     from cryptography import x509
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.serialization import pkcs7
 
     from estproto.ca import EmbeddedCA
 
@@ -100,15 +104,27 @@ def test_durable_bare_server_commits_each_certificate_it_answers(tmp_path: Path)
     db = tmp_path / "bare.db"
     kind = next(k for k in bench.server_kinds(data_dir, False, durable=db) if k.name == "bare_durable")
     n = 6
+    bodies = bench._make_bodies(n + 1)
     with open(tmp_path / "server.log", "wb") as log:
         server = bench.ServerProcess(kind, log)
         try:
-            bench.LoadGenerator(server.port, data_dir / "ca.pem", bench._make_bodies(n), 2).run(n, True)
+            generator = bench.LoadGenerator(server.port, data_dir / "ca.pem", bodies[:n], 2)
+            generator.run(n, True)
+            # One more by hand, to compare what a client received with what is stored.
+            conn = generator._connect()
+            conn.request("POST", bench.PATH, body=bodies[n], headers=generator.headers)
+            response = conn.getresponse()
+            answer = response.read()
+            conn.close()
         finally:
             server.stop()
+    assert response.status == 200, answer[:200]
+    (received,) = pkcs7.load_der_pkcs7_certificates(base64.b64decode(answer))
     with sqlite3.connect(db) as conn:
         rows = conn.execute("SELECT serial, der, requester FROM issued").fetchall()
-    assert len(rows) == n
+    assert len(rows) == n + 1
+    assert (format(received.serial_number, "x"),
+            received.public_bytes(serialization.Encoding.DER)) in [(r[0], r[1]) for r in rows]
     for serial, der, requester in rows:
         assert format(x509.load_der_x509_certificate(der).serial_number, "x") == serial
         assert requester == f"user:{bench.USER}"

@@ -168,6 +168,8 @@ def _union(checks: list[Check], text: str) -> Check:
 
 def _tuple_of(item: Check, text: str) -> Check:
     def check(name: str, value: Any) -> Any:
+        if type(value) is tuple and not value:
+            return value  # the usual default: nothing to check item by item
         if not isinstance(value, (tuple, list)):
             raise _fail(name, text, value)
         items = tuple(item(f"{name}[{i}]", v) for i, v in enumerate(value))

@@ -194,6 +194,11 @@ def test_issued_certificate_profile(ca: EmbeddedCA, key: Any) -> None:
     # an encrypted server-generated key); never key transport or commitment.
     assert ku.digital_signature and ku.key_agreement
     assert not ku.key_encipherment and not ku.content_commitment
+    # RFC 5280 4.2.1.2 method (1) over the requested key; AKI names the issuer's.
+    assert ext.get_extension_for_class(x509.SubjectKeyIdentifier).value == \
+        x509.SubjectKeyIdentifier.from_public_key(key.public_key())
+    assert ext.get_extension_for_class(x509.AuthorityKeyIdentifier).value.key_identifier == \
+        x509.SubjectKeyIdentifier.from_public_key(ca.issuer_certificate.public_key()).digest
     record = ca.store.get_issued(format(cert.serial_number, "x"))
     assert record is not None and record.requester == "user:alice" and record.request_der == csr.der
     assert record.operation == "simpleenroll" and "dev-1.example" in record.san

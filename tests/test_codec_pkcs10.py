@@ -8,6 +8,8 @@ Appendix A.3/A.4 examples.
 from __future__ import annotations
 
 import base64
+import dataclasses
+import hashlib
 import ipaddress
 import subprocess
 from pathlib import Path
@@ -503,6 +505,44 @@ def test_both_subject_routes_agree(keys: dict[str, Any], monkeypatch: pytest.Mon
     assert direct == wrapped
     assert direct.subject == subject
     assert [a._type for a in direct.subject] == [a._type for a in wrapped.subject]
+
+
+# ---------------------------------------------------------------- key identifier
+
+
+@pytest.mark.parametrize("kind", KEY_KINDS)
+def test_key_identifier_is_cryptographys(keys: dict[str, Any], kind: str) -> None:
+    # The issuer's subjectKeyIdentifier comes from this: it must be the
+    # value cryptography computes from the key itself, for every key type.
+    csr = decode_csr(der(make_csr(keys[kind], cn="ski")))
+    expected = x509.SubjectKeyIdentifier.from_public_key(keys[kind].public_key()).digest
+    assert pkcs10.key_identifier(csr) == expected
+
+
+def test_key_identifier_of_a_compressed_point(keys: dict[str, Any]) -> None:
+    # cryptography hashes the uncompressed point whatever the request
+    # carried: the compressed bits must not be hashed as they are.
+    public = keys["p256"].public_key()
+    compressed = public.public_bytes(serialization.Encoding.X962,
+                                     serialization.PublicFormat.CompressedPoint)
+    plain = spki(keys["p256"])
+    algorithm = plain[2:2 + 2 + plain[3]]  # the AlgorithmIdentifier TLV
+    compressed_spki = enc(0x30, algorithm + enc(0x03, b"\x00" + compressed))
+    assert serialization.load_der_public_key(compressed_spki) == public
+    csr = dataclasses.replace(decode_csr(der(make_csr(keys["p256"], cn="ski"))),
+                              public_key_der=compressed_spki)
+    expected = x509.SubjectKeyIdentifier.from_public_key(public).digest
+    assert pkcs10.key_identifier(csr) == expected
+    assert hashlib.sha1(compressed).digest() != expected
+
+
+def test_key_identifier_of_a_hand_made_request(keys: dict[str, Any]) -> None:
+    # A request built by hand with a key but no usable SPKI DER still gets
+    # cryptography's value, not an error.
+    csr = dataclasses.replace(decode_csr(der(make_csr(keys["ed25519"], cn="ski"))),
+                              public_key_der=b"\x30\x00")
+    expected = x509.SubjectKeyIdentifier.from_public_key(keys["ed25519"].public_key()).digest
+    assert pkcs10.key_identifier(csr) == expected
 
 
 # ---------------------------------------------------------------- PoP linking

@@ -119,6 +119,11 @@ class IssuingPolicy:
         for ext in extra_extensions:
             base = base.add_extension(ext.value, critical=ext.critical)
         self._base_builder = base
+        # Immutable values every draft would otherwise build again: the EKU,
+        # and the keyUsage of each key class seen.
+        self._eku = (x509.ExtendedKeyUsage(list(profile.extended_key_usages))
+                     if profile.extended_key_usages else None)
+        self._key_usages: dict[type, x509.KeyUsage] = {}
 
     def check_key(self, key: object) -> None:
         """Raises Refused for a key the profile does not accept."""
@@ -153,19 +158,23 @@ class IssuingPolicy:
         # Never beyond the issuer's own notAfter: such a certificate would stop
         # validating with its chain before it "expires" (RFC 5280 6.1.3).
         not_after = min(not_after, self.issuer.not_valid_after_utc)
+        key_usage = self._key_usages.get(type(key))
+        if key_usage is None:
+            key_usage = self._key_usages[type(key)] = end_entity_key_usage(key)
+        ski = (x509.SubjectKeyIdentifier.from_public_key(key) if public_key is not None
+               else x509.SubjectKeyIdentifier(pkcs10.key_identifier(csr)))
         builder = (
             self._base_builder
-            .add_extension(end_entity_key_usage(key), critical=True)
+            .add_extension(key_usage, critical=True)
             .subject_name(csr.subject)
             .public_key(key)
             .not_valid_before(now - BACKDATE)
             .not_valid_after(not_after)
-            .add_extension(x509.SubjectKeyIdentifier.from_public_key(key), critical=False)
+            .add_extension(ski, critical=False)
             .add_extension(self._aki, critical=False)
         )
-        if profile.extended_key_usages:
-            builder = builder.add_extension(
-                x509.ExtendedKeyUsage(list(profile.extended_key_usages)), critical=False)
+        if self._eku is not None:
+            builder = builder.add_extension(self._eku, critical=False)
         if sans:
             # RFC 5280 4.2.1.6: with an empty subject the SAN is critical.
             builder = builder.add_extension(x509.SubjectAlternativeName(sans), critical=empty_subject)

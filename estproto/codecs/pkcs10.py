@@ -53,6 +53,7 @@ from __future__ import annotations
 import base64
 import dataclasses
 import functools
+import hashlib
 import hmac
 from dataclasses import dataclass
 from typing import Callable, Sequence, TypeGuard, Union, cast
@@ -71,6 +72,7 @@ __all__ = [
     "RequestedExtension",
     "decode_csr",
     "build_csr",
+    "key_identifier",
     "channel_binding_password",
     "matches_channel_binding",
     "OID_CHALLENGE_PASSWORD",
@@ -1027,6 +1029,36 @@ def build_csr(
     else:
         signature = cast(rsa.RSAPrivateKey, key).sign(info, pad, algo)
     return _enc(_SEQUENCE, info + algid + _enc(_BIT_STRING, b"\x00" + signature))
+
+
+def key_identifier(csr: CertificationRequest) -> bytes:
+    """The subjectKeyIdentifier of *csr*'s key: RFC 5280 4.2.1.2 method (1),
+    the SHA-1 of the subjectPublicKey bits, exactly the value
+    ``x509.SubjectKeyIdentifier.from_public_key(csr.public_key)`` gives.
+
+    Read from the request's own SubjectPublicKeyInfo (``public_key_der``,
+    the DER of ``public_key`` in a request :func:`decode_csr` made):
+    re-serialising the key, as cryptography does, costs more than the rest
+    of the certificate's extensions together. cryptography hashes an EC
+    key's uncompressed point and an RSA key's PKCS#1 DER, so a compressed
+    point and every RSA key (whose DER is not re-checked here for canonical
+    form) take its way.
+    """
+    key = csr.public_key
+    if not isinstance(key, rsa.RSAPublicKey):
+        der = csr.public_key_der
+        try:
+            start, end = _expect(der, 0, len(der), _SEQUENCE, "subjectPKInfo")
+            _, _, alg_end = _tlv(der, start, end)  # the AlgorithmIdentifier
+            bits_start, bits_end = _expect(der, alg_end, end, _BIT_STRING, "subjectPublicKey")
+        except DecodeError:
+            bits_start = bits_end = -1  # a hand-made request: cryptography's way
+        # The first content byte counts unused bits: 0 for every key type.
+        bits = der[bits_start + 1:bits_end]
+        if (bits_start >= 0 and der[bits_start] == 0
+                and (not isinstance(key, ec.EllipticCurvePublicKey) or bits[:1] == b"\x04")):
+            return hashlib.sha1(bits).digest()
+    return x509.SubjectKeyIdentifier.from_public_key(key).digest
 
 
 # --------------------------------------------------------------------------

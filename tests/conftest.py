@@ -45,6 +45,13 @@ def strongswan_pki() -> str:
     return require_tool("pki")
 
 
+@pytest.fixture(scope="module", params=("trio", "asyncio"))
+def server_framework(request: pytest.FixtureRequest) -> str:
+    """The server adapter (``estproto serve --framework``) the real peers of
+    an interop module talk to: the module's tests run once per framework."""
+    return str(request.param)
+
+
 @pytest.fixture(scope="session")
 def postgres_server() -> Iterator["PostgresServer"]:
     """One real PostgreSQL server for the session (started on first use)."""

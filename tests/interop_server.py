@@ -1,11 +1,12 @@
 """A real estproto EST server for the interop tests, and shared checks.
 
-:class:`RunningServer` starts :func:`estproto.trio.serve` with an
-:class:`~estproto.ca.EmbeddedCA` on ``127.0.0.1`` port 0, inside ``trio.run``
-in a daemon thread, so that real external peers (curl, openssl, strongSwan's
-``pki``) can talk to it over loopback while the test drives them with
-``subprocess``. It is stopped with :meth:`ESTServer.close` through
-``trio.from_thread`` (graceful shutdown), and the thread is joined.
+:class:`RunningServer` starts :func:`estproto.trio.serve` (or, with
+``framework="asyncio"``, :func:`estproto.asyncio.start_server`) with an
+:class:`~estproto.ca.EmbeddedCA` on ``127.0.0.1`` port 0, inside its event
+loop in a daemon thread, so that real external peers (curl, openssl,
+strongSwan's ``pki``) can talk to it over loopback while the test drives them
+with ``subprocess``. It is stopped with the server's ``close`` from the
+loop's thread (graceful shutdown), and the thread is joined.
 
 The server's log (logger ``estproto.server``) and the CA's log are captured
 in :attr:`RunningServer.log` so that a failing peer can be diagnosed from
@@ -20,15 +21,17 @@ processes, each bounded by :data:`TOOL_TIMEOUT`.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import subprocess
 import threading
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 import trio
 
 import estproto
+import estproto.asyncio as est_asyncio
 import estproto.trio as est_trio
 from estproto.ca import CASettings, EmbeddedCA
 
@@ -38,6 +41,9 @@ TOOL_TIMEOUT = 20.0
 
 #: Seconds to wait for the server thread to start listening or to stop.
 START_TIMEOUT = 15.0
+
+#: The server adapters a peer is tested against (``estproto serve --framework``).
+FRAMEWORKS = ("trio", "asyncio")
 
 USER = "user"
 PASSWORD = "pass"
@@ -61,10 +67,11 @@ class _ListHandler(logging.Handler):
 
 
 class RunningServer:
-    """An EmbeddedCA served by the trio adapter in a background thread.
+    """An EmbeddedCA served by the trio or asyncio adapter in a background thread.
 
     Args:
         data_dir: the CA's data directory (created by ``EmbeddedCA.init``).
+        framework: ``"trio"`` or ``"asyncio"`` (see :data:`FRAMEWORKS`).
         settings: run-time policy, e.g. ``CASettings(manual_approval=True,
             retry_after=1)`` for deferred enrollment.
         est_overrides: EST-layer settings (``ca.est_settings(**overrides)``),
@@ -79,15 +86,18 @@ class RunningServer:
     """
 
     def __init__(self, data_dir: Path, *, settings: CASettings | None = None,
-                 **est_overrides: object) -> None:
+                 framework: str = "trio", **est_overrides: object) -> None:
+        if framework not in FRAMEWORKS:
+            raise ValueError(f"unknown framework {framework!r}")
+        self.framework = framework
         self.data_dir = data_dir
         self.ca = EmbeddedCA.init(data_dir, hostnames=("127.0.0.1", "localhost"), settings=settings)
         self.ca.add_user(USER, PASSWORD)
         self.trust = data_dir / "ca.pem"
         self.config = estproto.ServerConfig(tls=self.ca.server_tls_context(), est=self.ca.est_settings(**est_overrides))
         self.port = 0
-        self._server: est_trio.ESTServer | None = None
-        self._token: trio.lowlevel.TrioToken | None = None
+        self._server: est_trio.ESTServer | est_asyncio.ESTServer | None = None
+        self._close: Callable[[], None] | None = None  # the server's close, from any thread
         self._ready = threading.Event()
         self._error: BaseException | None = None
         self._thread = threading.Thread(target=self._main, name="estproto-interop-server", daemon=True)
@@ -105,22 +115,36 @@ class RunningServer:
 
     def _main(self) -> None:
         try:
-            trio.run(self._serve)
+            if self.framework == "asyncio":
+                asyncio.run(self._serve_asyncio())
+            else:
+                trio.run(self._serve_trio)
         except BaseException as exc:  # reported to start()/stop() in the test's thread
             self._error = exc
         finally:
             self._ready.set()
 
-    async def _serve(self) -> None:
-        self._token = trio.lowlevel.current_trio_token()
+    async def _serve_trio(self) -> None:
+        token = trio.lowlevel.current_trio_token()
         async with trio.open_nursery() as nursery:
-            self._server = await nursery.start(
+            server = await nursery.start(
                 lambda task_status: est_trio.serve(
                     self.ca.handler(), self.config, "127.0.0.1", 0, task_status=task_status
                 )
             )
-            self.port = self._server.port
+            self._close = lambda: trio.from_thread.run_sync(server.close, trio_token=token)
+            self._server = server
+            self.port = server.port
             self._ready.set()
+
+    async def _serve_asyncio(self) -> None:
+        server = await est_asyncio.start_server(self.ca.handler(), self.config, "127.0.0.1", 0)
+        loop = asyncio.get_running_loop()
+        self._close = lambda: loop.call_soon_threadsafe(server.close)
+        self._server = server
+        self.port = server.port
+        self._ready.set()
+        await server.wait_closed()
 
     def start(self) -> RunningServer:
         """Start serving; returns once the port is bound.
@@ -141,8 +165,8 @@ class RunningServer:
     def stop(self) -> None:
         """Close the server gracefully and join its thread; close the CA."""
         try:
-            if self._server is not None and self._token is not None and self._thread.is_alive():
-                trio.from_thread.run_sync(self._server.close, trio_token=self._token)
+            if self._close is not None and self._thread.is_alive():
+                self._close()
             self._thread.join(START_TIMEOUT)
             if self._thread.is_alive():
                 raise RuntimeError("the EST server did not stop within its timeout")

@@ -140,9 +140,9 @@ def openssl_tool() -> str:
     return require_tool("openssl")
 
 
-def _serve(tmp_path_factory: pytest.TempPathFactory, name: str,
+def _serve(tmp_path_factory: pytest.TempPathFactory, framework: str, name: str,
            settings: CASettings) -> Iterator[RunningServer]:
-    srv = RunningServer(tmp_path_factory.mktemp(name), settings=settings).start()
+    srv = RunningServer(tmp_path_factory.mktemp(name), settings=settings, framework=framework).start()
     try:
         yield srv
     finally:
@@ -150,25 +150,29 @@ def _serve(tmp_path_factory: pytest.TempPathFactory, name: str,
 
 
 @pytest.fixture(scope="module")
-def default_server(tmp_path_factory: pytest.TempPathFactory, harness: Harness) -> Iterator[RunningServer]:
+def default_server(tmp_path_factory: pytest.TempPathFactory, harness: Harness,
+                   server_framework: str) -> Iterator[RunningServer]:
     """Out-of-the-box settings: a 401 offers Basic, then Digest (SHA-256, MD5)."""
-    yield from _serve(tmp_path_factory, "bc-default", CASettings())
+    yield from _serve(tmp_path_factory, server_framework, "bc-default", CASettings())
 
 
 @pytest.fixture(scope="module")
-def basic_server(tmp_path_factory: pytest.TempPathFactory, harness: Harness) -> Iterator[RunningServer]:
-    yield from _serve(tmp_path_factory, "bc-basic", CASettings(accept_digest=False))
+def basic_server(tmp_path_factory: pytest.TempPathFactory, harness: Harness,
+                 server_framework: str) -> Iterator[RunningServer]:
+    yield from _serve(tmp_path_factory, server_framework, "bc-basic", CASettings(accept_digest=False))
 
 
 @pytest.fixture(scope="module")
-def digest_server(tmp_path_factory: pytest.TempPathFactory, harness: Harness) -> Iterator[RunningServer]:
-    yield from _serve(tmp_path_factory, "bc-digest", CASettings(accept_basic=False))
+def digest_server(tmp_path_factory: pytest.TempPathFactory, harness: Harness,
+                  server_framework: str) -> Iterator[RunningServer]:
+    yield from _serve(tmp_path_factory, server_framework, "bc-digest", CASettings(accept_basic=False))
 
 
 @pytest.fixture(scope="module")
-def pop_server(tmp_path_factory: pytest.TempPathFactory, harness: Harness) -> Iterator[RunningServer]:
+def pop_server(tmp_path_factory: pytest.TempPathFactory, harness: Harness,
+               server_framework: str) -> Iterator[RunningServer]:
     """PoP linking required (RFC 7030 3.5); Basic only, so Bouncy Castle can log in."""
-    yield from _serve(tmp_path_factory, "bc-pop",
+    yield from _serve(tmp_path_factory, server_framework, "bc-pop",
                       CASettings(accept_digest=False, pop_policy=PoPPolicy.REQUIRE))
 
 
@@ -369,13 +373,16 @@ def _serve_process(tmp_path_factory: pytest.TempPathFactory, name: str, *args: s
 
 
 @pytest.fixture(scope="module")
-def serve_defaults(tmp_path_factory: pytest.TempPathFactory, harness: Harness) -> Iterator[ServeProcess]:
-    yield from _serve_process(tmp_path_factory, "bc-serve")
+def serve_defaults(tmp_path_factory: pytest.TempPathFactory, harness: Harness,
+                   server_framework: str) -> Iterator[ServeProcess]:
+    yield from _serve_process(tmp_path_factory, "bc-serve", "--framework", server_framework)
 
 
 @pytest.fixture(scope="module")
-def serve_digest_only(tmp_path_factory: pytest.TempPathFactory, harness: Harness) -> Iterator[ServeProcess]:
-    yield from _serve_process(tmp_path_factory, "bc-serve-digest", "--auth-schemes", "digest-sha256,digest-md5")
+def serve_digest_only(tmp_path_factory: pytest.TempPathFactory, harness: Harness,
+                      server_framework: str) -> Iterator[ServeProcess]:
+    yield from _serve_process(tmp_path_factory, "bc-serve-digest", "--framework", server_framework,
+                              "--auth-schemes", "digest-sha256,digest-md5")
 
 
 AUTH_KINDS = ["plain", "builder"]

@@ -53,8 +53,9 @@ def tools() -> tuple[str, str]:
 
 
 @pytest.fixture(scope="module")
-def server(tmp_path_factory: pytest.TempPathFactory, tools: tuple[str, str]) -> Iterator[RunningServer]:
-    srv = RunningServer(tmp_path_factory.mktemp("curl-ca")).start()
+def server(tmp_path_factory: pytest.TempPathFactory, tools: tuple[str, str],
+           server_framework: str) -> Iterator[RunningServer]:
+    srv = RunningServer(tmp_path_factory.mktemp("curl-ca"), framework=server_framework).start()
     try:
         yield srv
     finally:

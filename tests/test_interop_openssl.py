@@ -74,8 +74,9 @@ def openssl(openssl_tool: str) -> str:
 
 
 @pytest.fixture(scope="module")
-def server(tmp_path_factory: pytest.TempPathFactory, openssl_tool: str) -> Iterator[RunningServer]:
-    srv = RunningServer(tmp_path_factory.mktemp("openssl-ca")).start()
+def server(tmp_path_factory: pytest.TempPathFactory, openssl_tool: str,
+           server_framework: str) -> Iterator[RunningServer]:
+    srv = RunningServer(tmp_path_factory.mktemp("openssl-ca"), framework=server_framework).start()
     try:
         yield srv
     finally:

@@ -65,9 +65,10 @@ def openssl(tools: tuple[str, str]) -> str:
     return tools[1]
 
 
-def _serve(tmp_path_factory: pytest.TempPathFactory, name: str,
+def _serve(tmp_path_factory: pytest.TempPathFactory, framework: str, name: str,
            settings: CASettings | None = None, **est_overrides: object) -> Iterator[RunningServer]:
-    srv = RunningServer(tmp_path_factory.mktemp(name), settings=settings, **est_overrides).start()
+    srv = RunningServer(tmp_path_factory.mktemp(name), settings=settings, framework=framework,
+                        **est_overrides).start()
     try:
         yield srv
     finally:
@@ -75,27 +76,30 @@ def _serve(tmp_path_factory: pytest.TempPathFactory, name: str,
 
 
 @pytest.fixture(scope="module")
-def server(tmp_path_factory: pytest.TempPathFactory, tools: tuple[str, str]) -> Iterator[RunningServer]:
-    yield from _serve(tmp_path_factory, "sw-ca")
+def server(tmp_path_factory: pytest.TempPathFactory, tools: tuple[str, str],
+           server_framework: str) -> Iterator[RunningServer]:
+    yield from _serve(tmp_path_factory, server_framework, "sw-ca")
 
 
 @pytest.fixture(scope="module")
 def manual_server(tmp_path_factory: pytest.TempPathFactory,
-                  tools: tuple[str, str]) -> Iterator[RunningServer]:
-    yield from _serve(tmp_path_factory, "sw-manual-ca",
+                  tools: tuple[str, str], server_framework: str) -> Iterator[RunningServer]:
+    yield from _serve(tmp_path_factory, server_framework, "sw-manual-ca",
                       CASettings(manual_approval=True, retry_after=1))
 
 
 @pytest.fixture(scope="module")
 def pop_off_server(tmp_path_factory: pytest.TempPathFactory,
-                   tools: tuple[str, str]) -> Iterator[RunningServer]:
-    yield from _serve(tmp_path_factory, "sw-popoff-ca", CASettings(pop_policy=PoPPolicy.OFF))
+                   tools: tuple[str, str], server_framework: str) -> Iterator[RunningServer]:
+    yield from _serve(tmp_path_factory, server_framework, "sw-popoff-ca",
+                      CASettings(pop_policy=PoPPolicy.OFF))
 
 
 @pytest.fixture(scope="module")
 def wrapping_server(tmp_path_factory: pytest.TempPathFactory,
-                    tools: tuple[str, str]) -> Iterator[RunningServer]:
-    yield from _serve(tmp_path_factory, "sw-wrap-ca", line_policy=LinePolicyChoice.WRAP_64)
+                    tools: tuple[str, str], server_framework: str) -> Iterator[RunningServer]:
+    yield from _serve(tmp_path_factory, server_framework, "sw-wrap-ca",
+                      line_policy=LinePolicyChoice.WRAP_64)
 
 
 def base_url(server: RunningServer) -> str:

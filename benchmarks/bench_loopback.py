@@ -5,16 +5,16 @@ What it measures: ``/simpleenroll`` (RFC 7030 4.2.1) answered by
 * ``estproto serve``, the server a user runs (the command line, default
   settings: the embedded CA with its SQLite store committing every issued
   certificate before answering, the request log on, Basic and Digest users and
-  client certificates accepted), on trio (the default) and on asyncio
-  (``--framework asyncio``), and with ``--workers 2`` when asked (``--workers``);
+  client certificates accepted), on asyncio (the default) and on trio
+  (``--framework trio``), and with ``--workers 2`` when asked (``--workers``);
 * the bare server of ``bare_server.py``: the same libraries (asyncio, h11,
   pyOpenSSL memory BIOs, cryptography), the same TLS identity and issuing CA
   key, and nothing else (no store, no log, no EST rules);
 * with ``--durable``, also that bare server committing each certificate's
   row on its own to SQLite (``synchronous=FULL``) before answering: what
   durability alone costs a naive server, beside what estproto costs with it
-  (the line ``durable_reference``, estproto trio CPU / that server's CPU,
-  information only).
+  (the line ``durable_reference``, estproto serve's CPU on its default
+  framework / that server's CPU, information only).
 
 Two modes: keep-alive (N enrollments over K concurrent keep-alive TLS
 connections) and new connection (each enrollment on its own new TLS
@@ -44,7 +44,7 @@ The last two lines are machine-readable::
     loopback_ratio keepalive=X.XX newconn=X.XX
 
 ``loopback_ratio`` is estproto serve's CPU per enrollment over the bare
-server's (trio, the default framework); ``server_cpu_us`` and
+server's (on serve's default framework, :data:`DEFAULT`); ``server_cpu_us`` and
 ``peak_rss_mb`` are estproto's keep-alive figures (the larger framework).
 
 ``--store postgresql://...`` adds ``estproto serve --store URL`` (trio and
@@ -71,7 +71,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import IO
 
+from estproto.cli._serve import DEFAULT_FRAMEWORK
+
 ADAPTERS = ("asyncio", "trio")
+#: The framework ``estproto serve`` runs without ``--framework``: the ratios' side.
+DEFAULT = DEFAULT_FRAMEWORK
 USER = "bench"
 PASSWORD = "bench-password"
 PATH = "/.well-known/est/simpleenroll"
@@ -170,17 +174,18 @@ def server_kinds(data_dir: Path, workers: bool, store: str | None = None,
              "--host", "127.0.0.1", "--port", "0"]
     listening = re.compile(r"listening on https://127\.0\.0\.1:(\d+)/")
     kinds = [
-        ServerKind("trio", serve, listening),
+        ServerKind("trio", [*serve, "--framework", "trio"], listening),
         ServerKind("asyncio", [*serve, "--framework", "asyncio"], listening),
     ]
     if store:
         kinds += [
-            ServerKind("trio_postgresql", [*serve, "--store", store], listening),
+            ServerKind("trio_postgresql", [*serve, "--store", store, "--framework", "trio"],
+                       listening),
             ServerKind("asyncio_postgresql", [*serve, "--store", store, "--framework", "asyncio"],
                        listening),
         ]
     if workers:
-        kinds.append(ServerKind("trio_workers2", [*serve, "--workers", "2"], listening))
+        kinds.append(ServerKind(f"{DEFAULT}_workers2", [*serve, "--workers", "2"], listening))
     bare = [sys.executable, str(Path(__file__).with_name("bare_server.py")), str(data_dir), USER,
             PASSWORD]
     bare_ready = re.compile(r"port (\d+)")
@@ -462,7 +467,7 @@ def main(argv: list[str] | None = None) -> int:
                       f"server {r.cpu_us:7.1f} us CPU/enroll  x{r.cpu_us / bare.cpu_us:5.2f} bare  "
                       f"peak RSS {rss[name]:6.1f} MiB{database}")
         if args.durable:
-            durable_ratio = {mode: best[("trio", mode)].cpu_us / best[("bare_durable", mode)].cpu_us
+            durable_ratio = {mode: best[(DEFAULT, mode)].cpu_us / best[("bare_durable", mode)].cpu_us
                              for mode in ("keepalive", "newconn")}
             print(f"durable_reference keepalive={durable_ratio['keepalive']:.2f} "
                   f"newconn={durable_ratio['newconn']:.2f}")
@@ -472,7 +477,7 @@ def main(argv: list[str] | None = None) -> int:
               + " ".join(f"{mode}_{a}={best[(a, mode)].per_second:.1f}"
                          for mode in ("keepalive", "newconn") for a in ADAPTERS)
               + f" server_cpu_us={cpu_us:.1f} peak_rss_mb={max(rss[a] for a in ADAPTERS):.1f}")
-        ratio = {mode: best[("trio", mode)].cpu_us / best[("bare", mode)].cpu_us
+        ratio = {mode: best[(DEFAULT, mode)].cpu_us / best[("bare", mode)].cpu_us
                  for mode in ("keepalive", "newconn")}
         print(f"loopback_ratio keepalive={ratio['keepalive']:.2f} newconn={ratio['newconn']:.2f}")
     return 0

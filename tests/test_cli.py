@@ -379,7 +379,7 @@ def test_exit_codes(served: Served, tmp_path: Path) -> None:
 
 def test_manual_approval_pending_approve_reject(tmp_path: Path) -> None:
     data = tmp_path / "DIR"
-    with serving(data, "--manual-approval", "--retry-after", "1", "--framework", "asyncio") as server:
+    with serving(data, "--manual-approval", "--retry-after", "1", "--framework", "trio") as server:
         assert run("ca", "add-user", "--data-dir", str(data), "bob", password=PASSWORD).returncode == 0
         trust = ["--cacert", str(data / "ca.pem")]
 
@@ -444,9 +444,10 @@ def enroll_loop(port: int, ca_pem: Path, user: str, stop: threading.Event, recei
         errors.append(exc)
 
 
-def test_workers_share_the_port_and_stop_on_sigterm(tmp_path: Path) -> None:
+@pytest.mark.parametrize("framework", ["trio", "asyncio"])
+def test_workers_share_the_port_and_stop_on_sigterm(tmp_path: Path, framework: str) -> None:
     data = tmp_path / "DIR"
-    with serving(data, "--workers", "2") as server:
+    with serving(data, "--workers", "2", "--framework", framework) as server:
         assert run("ca", "add-user", "--data-dir", str(data), "carol", password=PASSWORD).returncode == 0
         stop = threading.Event()
         received: list[x509.Certificate] = []
@@ -469,14 +470,15 @@ def test_workers_share_the_port_and_stop_on_sigterm(tmp_path: Path) -> None:
     assert "stopping 2 workers gracefully" in server.log.read_text()
 
 
-def test_kill_9_loses_no_issued_certificate(tmp_path: Path) -> None:
+@pytest.mark.parametrize("framework", ["trio", "asyncio"])
+def test_kill_9_loses_no_issued_certificate(tmp_path: Path, framework: str) -> None:
     data = tmp_path / "DIR"
     assert run("ca", "init", "--data-dir", str(data), "--hostname", "127.0.0.1").returncode == 0
     assert run("ca", "add-user", "--data-dir", str(data), "dave", password=PASSWORD).returncode == 0
     stop = threading.Event()
     received: list[x509.Certificate] = []
     errors: list[BaseException] = []
-    with serving(data) as server:
+    with serving(data, "--framework", framework) as server:
         threads = [threading.Thread(target=enroll_loop, args=(server.port, data / "ca.pem", "dave", stop,
                                                               received, errors, None, i % 2 == 1))
                    for i in range(4)]

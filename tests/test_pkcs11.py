@@ -212,7 +212,7 @@ def test_two_front_ends_share_one_database_and_one_token_key(
 
     a, b = two_machines(tmp_path, postgres_url, *init_args(hsm))
     assert not (a / "root.key").exists() and not (b / "root.key").exists()
-    with serving(a) as front_a, serving(b, "--framework", "asyncio") as front_b:
+    with serving(a, "--framework", "trio") as front_a, serving(b, "--framework", "asyncio") as front_b:
         received, errors = enroll_concurrently([front_a.port, front_b.port], a / "ca.pem", 5, 120)
         assert not errors, errors
         assert front_a.stop() == 0 and front_b.stop() == 0

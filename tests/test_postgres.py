@@ -195,7 +195,7 @@ def test_two_front_ends_enroll_concurrently_into_one_database(tmp_path: Path, po
     config = (a / "config.json").read_text()
     assert postgres_url in config and "password" not in config
     assert not (a / "estproto.db").exists(), "the records went to SQLite, not PostgreSQL"
-    with serving(a) as front_a, serving(b, "--framework", "asyncio") as front_b:
+    with serving(a, "--framework", "trio") as front_a, serving(b, "--framework", "asyncio") as front_b:
         received, errors = enroll_concurrently([front_a.port, front_b.port] * 2, a / "ca.pem", 6,
                                                TIMEOUT * 2)
         assert not errors, errors
@@ -213,7 +213,7 @@ def test_two_front_ends_enroll_concurrently_into_one_database(tmp_path: Path, po
 
 def test_an_approval_is_seen_by_the_other_front_end(tmp_path: Path, postgres_url: str) -> None:
     a, b = two_machines(tmp_path, postgres_url)
-    with serving(a, "--manual-approval", "--retry-after", "1") as front_a, \
+    with serving(a, "--manual-approval", "--retry-after", "1", "--framework", "trio") as front_a, \
             serving(b, "--manual-approval", "--retry-after", "1", "--framework", "asyncio") as front_b:
         def enroll(front: Any, *key: str) -> list[str]:
             return ["enroll", front.url, "--cacert", str(a / "ca.pem"), "--user", "dev",

@@ -204,6 +204,35 @@ def test_issued_certificate_profile(ca: EmbeddedCA, key: Any) -> None:
     assert record.operation == "simpleenroll" and "dev-1.example" in record.san
 
 
+@pytest.mark.parametrize("key_type, digest", [("p256", "sha256"), ("rsa", "sha256"), ("ed25519", None)])
+def test_each_ca_key_type_signs_with_its_digest(tmp_path: Path, key: Any, key_type: str,
+                                                digest: str | None) -> None:
+    # The signer picks the digest once per key: a wrong pick would still
+    # sign, with the wrong algorithm (or fail for EdDSA, which takes none).
+    with EmbeddedCA.init(tmp_path / "data", hostnames=("127.0.0.1",), key_type=key_type) as ca:
+        ca.add_user("alice", "secret")
+        for handler in (ca.handler(), ca.inline_handler()):
+            response = handler(enroll(make_csr(key, f"dev-{key_type}", ())))
+            if not isinstance(response, CertificateResponse):
+                response = _wait(response)  # the inline handler's ResponseFuture
+            cert = response.certificate
+            algorithm = cert.signature_hash_algorithm
+            assert (algorithm.name if algorithm else None) == digest
+            cert.verify_directly_issued_by(ca.issuer_certificate)
+
+
+def _wait(future: Any) -> CertificateResponse:
+    """An inline handler's ResponseFuture, flushed and waited for."""
+    if future.flush is not None:
+        future.flush()
+    done = threading.Event()
+    future.on_done(done.set)
+    assert done.wait(10)
+    result = future.result()
+    assert isinstance(result, CertificateResponse)
+    return result
+
+
 def test_cacerts_and_csrattrs_need_no_authentication(ca: EmbeddedCA) -> None:
     h = ca.handler()
     got = h(CACertsRequest(label="", credentials=None, facts=FACTS))

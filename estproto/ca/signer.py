@@ -80,13 +80,19 @@ class KeySigner(Signer):
     def __init__(self, certificate: x509.Certificate, key: SigningKey) -> None:
         self.certificate = certificate
         self._key = key
+        # The digest of an in-memory key, chosen once: asking the key again
+        # for every certificate costs ~2 us (its public key is rebuilt).
+        self._in_memory_hash = (None if isinstance(key, ExternalSigningKey) else hash_for(key))
 
     @property
     def key(self) -> SigningKey:
         return self._key
 
     def sign_certificate(self, builder: x509.CertificateBuilder) -> x509.Certificate:
-        return sign_certificate(builder, self._key)
+        key = self._key
+        if not isinstance(key, ExternalSigningKey):
+            return builder.sign(key, self._in_memory_hash)
+        return sign_certificate(builder, key)
 
     def sign_crl(
         self, builder: x509.CertificateRevocationListBuilder,

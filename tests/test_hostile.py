@@ -576,11 +576,12 @@ def test_trickled_head_is_cut_at_the_request_deadline(ca: EmbeddedCA, running: S
     assert REQUEST_TIMEOUT - 0.5 < elapsed < REQUEST_TIMEOUT + 2.0
 
 
-def test_idle_connections_beyond_the_cap(ca: EmbeddedCA, crash_log: CrashLog) -> None:
+@pytest.mark.parametrize("kind", ["trio", "asyncio"])
+def test_idle_connections_beyond_the_cap(ca: EmbeddedCA, crash_log: CrashLog, kind: str) -> None:
     """40 silent connections against a cap of 20: the server never holds more
     than 20, the deadline frees the slots, and a real client gets through."""
     cap = 20
-    with ServerThread("trio", ca.handler(), server_config(ca), max_connections=cap) as srv:
+    with ServerThread(kind, ca.handler(), server_config(ca), max_connections=cap) as srv:
         idle = [socket.create_connection(("127.0.0.1", srv.port), timeout=5) for _ in range(2 * cap)]
         try:
             peak = 0

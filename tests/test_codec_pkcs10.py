@@ -539,10 +539,11 @@ def test_key_identifier_of_a_compressed_point(keys: dict[str, Any]) -> None:
 def test_key_identifier_of_a_hand_made_request(keys: dict[str, Any]) -> None:
     # A request built by hand with a key but no usable SPKI DER still gets
     # cryptography's value, not an error.
-    csr = dataclasses.replace(decode_csr(der(make_csr(keys["ed25519"], cn="ski"))),
-                              public_key_der=b"\x30\x00")
     expected = x509.SubjectKeyIdentifier.from_public_key(keys["ed25519"].public_key()).digest
-    assert pkcs10.key_identifier(csr) == expected
+    made = decode_csr(der(make_csr(keys["ed25519"], cn="ski")))
+    for bad in (b"\x30\x00", b"\x30\x04\x30\x00\x03\x00", b"\x30\x05\x30\x00\x03\x01\x07", b""):
+        csr = dataclasses.replace(made, public_key_der=bad)
+        assert pkcs10.key_identifier(csr) == expected, bad
 
 
 # ---------------------------------------------------------------- PoP linking

@@ -1052,12 +1052,12 @@ def key_identifier(csr: CertificationRequest) -> bytes:
             _, _, alg_end = _tlv(der, start, end)  # the AlgorithmIdentifier
             bits_start, bits_end = _expect(der, alg_end, end, _BIT_STRING, "subjectPublicKey")
         except DecodeError:
-            bits_start = bits_end = -1  # a hand-made request: cryptography's way
+            bits_start = bits_end = 0  # a hand-made request: cryptography's way
         # The first content byte counts unused bits: 0 for every key type.
-        bits = der[bits_start + 1:bits_end]
-        if (bits_start >= 0 and der[bits_start] == 0
-                and (not isinstance(key, ec.EllipticCurvePublicKey) or bits[:1] == b"\x04")):
-            return hashlib.sha1(bits).digest()
+        if bits_start < bits_end and der[bits_start] == 0:
+            bits = der[bits_start + 1:bits_end]
+            if not isinstance(key, ec.EllipticCurvePublicKey) or bits[:1] == b"\x04":
+                return hashlib.sha1(bits).digest()
     return x509.SubjectKeyIdentifier.from_public_key(key).digest
 
 

@@ -235,6 +235,9 @@ class ESTServerProtocol:
         self._sm = ConnectionStateMachine(EST_LAYER_TRANSITIONS, ConnectionState.IDLE)
         self._current: ServerRequest | None = None
         self._wrap_response = False
+        # The last Basic Authorization value parsed and its credentials
+        # (immutable): a keep-alive client sends the same one every time.
+        self._basic: tuple[str, auth.BasicCredentials] | None = None
 
     # -- requests ----------------------------------------------------------
 
@@ -342,11 +345,17 @@ class ESTServerProtocol:
         if method != _METHODS[operation]:
             raise RemoteProtocolError(f"{operation.value} takes {operation.method}", 405)
 
-        credentials = None
+        credentials: auth.BasicCredentials | auth.DigestCredentials | None = None
         if authorization is not None and facts.is_tls:
             # 3.2.3: HTTP-based client authentication happens inside TLS;
             # credentials sent in the clear are ignored, never honoured.
-            credentials = auth.parse_authorization(authorization)
+            basic = self._basic
+            if basic is not None and basic[0] == authorization:
+                credentials = basic[1]
+            else:
+                credentials = auth.parse_authorization(authorization)
+                if isinstance(credentials, auth.BasicCredentials):
+                    self._basic = (authorization, credentials)
         client_cert = facts.client_certificate
         is_ra = bool(
             client_cert is not None

@@ -25,7 +25,7 @@ import pytest
 
 import estproto
 from estproto import AuthenticationRequired, ConnectionFacts, ESTServerProtocol, ESTServerSettings
-from estproto.auth import BasicCredentials
+from estproto.auth import BasicCredentials, DigestCredentials
 from estproto.ca import CAError, CASettings, EmbeddedCA
 
 TLS = ConnectionFacts(is_tls=True, tls_version="TLSv1.3")
@@ -88,6 +88,31 @@ def test_unknown_paths_are_still_404_not_401() -> None:
     settings = ESTServerSettings(challenges_before_body=lambda: CHALLENGES)
     event = ESTServerProtocol(settings).receive_request("POST", "/.well-known/est/nope", PKCS10, b"", TLS)
     assert isinstance(event, estproto.RequestRejected) and event.status == 404
+
+
+def test_each_request_gets_the_credentials_it_sent() -> None:
+    # One connection's EST layer remembers the last Basic value it parsed:
+    # a changed, malformed, non-Basic or missing Authorization on the next
+    # request must still be read from that request.
+    def basic(user: str, password: str) -> str:
+        return "Basic " + base64.b64encode(f"{user}:{password}".encode()).decode()
+
+    est = ESTServerProtocol(ESTServerSettings())
+    sent = [basic("alice", "one"), basic("alice", "one"), basic("bob", "two"),
+            'Digest username="carol", realm="r", nonce="n", uri="/.well-known/est/cacerts", '
+            'response="0123456789abcdef0123456789abcdef"', None, basic("bob", "two"), "Basic !!!"]
+    got = []
+    for value in sent:
+        headers = [] if value is None else [("authorization", value)]
+        event = est.receive_request("GET", "/.well-known/est/cacerts", headers, b"", TLS)
+        got.append(getattr(event, "credentials", event))
+        if isinstance(event, estproto.ServerRequest):
+            est.respond(estproto.ErrorResponse(404, "x"))
+    assert got[:3] == [BasicCredentials("alice", "one")] * 2 + [BasicCredentials("bob", "two")]
+    assert isinstance(got[3], DigestCredentials) and got[3].username == "carol"
+    assert got[4] is None
+    assert got[5] == BasicCredentials("bob", "two")
+    assert isinstance(got[6], estproto.RequestRejected) and got[6].status == 400
 
 
 # ---------------------------------------------------------------------------

@@ -126,7 +126,11 @@ class ServerConnection:
             return ConnectionFacts(is_tls=False, peer=self._peer)
         binding = tls.channel_binding
         peer = tls.peer_certificate
-        return ConnectionFacts(
+        # Every value comes typed from our TLS layer, so the instance is
+        # filled in one step, without the field checks a caller's
+        # ConnectionFacts gets (~3 us a connection; tests compare the two).
+        facts: ConnectionFacts = object.__new__(ConnectionFacts)
+        facts.__dict__.update(
             is_tls=True,
             tls_version=tls.version,
             channel_binding=binding.value if binding is not None else None,
@@ -137,6 +141,7 @@ class ServerConnection:
             client_certificate_errors=tuple(str(e) for e in peer.errors) if peer is not None else (),
             peer=self._peer,
         )
+        return facts
 
     # -- input ---------------------------------------------------------------
 

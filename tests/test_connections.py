@@ -8,6 +8,7 @@ application live in ``conn_helpers``.
 
 from __future__ import annotations
 
+import dataclasses
 import datetime
 import functools
 import hashlib
@@ -30,6 +31,7 @@ from conn_helpers import (
 )
 from estproto import LocalProtocolError, RemoteProtocolError, auth
 from estproto._events import (
+    ConnectionFacts,
     NEED_DATA,
     PAUSED,
     AuthenticationChallenged,
@@ -83,6 +85,14 @@ def make_pair(bytewise: bool, *, version: str = "1.3", identity: str | None = No
     )
 
 
+def assert_checked_facts(facts: ConnectionFacts) -> None:
+    """The server builds its facts without the field checks: they must be
+    what the checked constructor makes of the same values, field for field."""
+    values = {f.name: getattr(facts, f.name) for f in dataclasses.fields(ConnectionFacts)}
+    assert set(vars(facts)) == set(values)
+    assert ConnectionFacts(**values) == facts
+
+
 def der_of_key(key: object) -> bytes:
     return key.public_key().public_bytes(  # type: ignore[attr-defined]
         serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
@@ -134,6 +144,7 @@ def test_simplereenroll_renew_and_rekey(bytewise: bool, rekey: bool, label: str)
     assert event.rekey is rekey
     assert event.facts.client_certificate == p.device_cert
     assert event.facts.client_certificate_verified
+    assert_checked_facts(event.facts)
 
 
 def test_simplereenroll_subject_mismatch_is_400(bytewise: bool) -> None:
@@ -421,6 +432,7 @@ def test_pop_linking_pass(bytewise: bool, version: str) -> None:
     (event,) = app.requests
     assert isinstance(event, SimpleEnrollRequest) and event.pop_linked
     assert event.facts.channel_binding == binding.value
+    assert_checked_facts(event.facts)
 
 
 @pytest.mark.parametrize("version", VERSIONS)

@@ -44,7 +44,7 @@ The last two lines are machine-readable::
     loopback_ratio keepalive=X.XX newconn=X.XX
 
 ``loopback_ratio`` is estproto serve's CPU per enrollment over the bare
-server's (on serve's default framework, :data:`DEFAULT`); ``server_cpu_us`` and
+server's (on serve's default framework, ``DEFAULT_FRAMEWORK``); ``server_cpu_us`` and
 ``peak_rss_mb`` are estproto's keep-alive figures (the larger framework).
 
 ``--store postgresql://...`` adds ``estproto serve --store URL`` (trio and
@@ -74,8 +74,6 @@ from typing import IO
 from estproto.cli._serve import DEFAULT_FRAMEWORK
 
 ADAPTERS = ("asyncio", "trio")
-#: The framework ``estproto serve`` runs without ``--framework``: the ratios' side.
-DEFAULT = DEFAULT_FRAMEWORK
 USER = "bench"
 PASSWORD = "bench-password"
 PATH = "/.well-known/est/simpleenroll"
@@ -185,7 +183,7 @@ def server_kinds(data_dir: Path, workers: bool, store: str | None = None,
                        listening),
         ]
     if workers:
-        kinds.append(ServerKind(f"{DEFAULT}_workers2", [*serve, "--workers", "2"], listening))
+        kinds.append(ServerKind(f"{DEFAULT_FRAMEWORK}_workers2", [*serve, "--workers", "2"], listening))
     bare = [sys.executable, str(Path(__file__).with_name("bare_server.py")), str(data_dir), USER,
             PASSWORD]
     bare_ready = re.compile(r"port (\d+)")
@@ -467,7 +465,8 @@ def main(argv: list[str] | None = None) -> int:
                       f"server {r.cpu_us:7.1f} us CPU/enroll  x{r.cpu_us / bare.cpu_us:5.2f} bare  "
                       f"peak RSS {rss[name]:6.1f} MiB{database}")
         if args.durable:
-            durable_ratio = {mode: best[(DEFAULT, mode)].cpu_us / best[("bare_durable", mode)].cpu_us
+            durable_ratio = {mode: best[(DEFAULT_FRAMEWORK, mode)].cpu_us
+                             / best[("bare_durable", mode)].cpu_us
                              for mode in ("keepalive", "newconn")}
             print(f"durable_reference keepalive={durable_ratio['keepalive']:.2f} "
                   f"newconn={durable_ratio['newconn']:.2f}")
@@ -477,7 +476,7 @@ def main(argv: list[str] | None = None) -> int:
               + " ".join(f"{mode}_{a}={best[(a, mode)].per_second:.1f}"
                          for mode in ("keepalive", "newconn") for a in ADAPTERS)
               + f" server_cpu_us={cpu_us:.1f} peak_rss_mb={max(rss[a] for a in ADAPTERS):.1f}")
-        ratio = {mode: best[(DEFAULT, mode)].cpu_us / best[("bare", mode)].cpu_us
+        ratio = {mode: best[(DEFAULT_FRAMEWORK, mode)].cpu_us / best[("bare", mode)].cpu_us
                  for mode in ("keepalive", "newconn")}
         print(f"loopback_ratio keepalive={ratio['keepalive']:.2f} newconn={ratio['newconn']:.2f}")
     return 0

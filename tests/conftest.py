@@ -9,6 +9,8 @@ from typing import TYPE_CHECKING, Iterator
 import pytest
 from hypothesis import HealthCheck, settings
 
+from server_thread import FRAMEWORKS
+
 # Bounded so the whole suite stays fast; long fuzzing runs live outside it.
 settings.register_profile(
     "default", max_examples=150, deadline=None,
@@ -45,7 +47,7 @@ def strongswan_pki() -> str:
     return require_tool("pki")
 
 
-@pytest.fixture(scope="module", params=("trio", "asyncio"))
+@pytest.fixture(scope="module", params=FRAMEWORKS)
 def server_framework(request: pytest.FixtureRequest) -> str:
     """The server adapter (``estproto serve --framework``) the real peers of
     an interop module talk to: the module's tests run once per framework."""

@@ -3,10 +3,11 @@
 :class:`RunningServer` starts :func:`estproto.trio.serve` (or, with
 ``framework="asyncio"``, :func:`estproto.asyncio.start_server`) with an
 :class:`~estproto.ca.EmbeddedCA` on ``127.0.0.1`` port 0, inside its event
-loop in a daemon thread, so that real external peers (curl, openssl,
-strongSwan's ``pki``) can talk to it over loopback while the test drives them
-with ``subprocess``. It is stopped with the server's ``close`` from the
-loop's thread (graceful shutdown), and the thread is joined.
+loop in a daemon thread (``server_thread.ServerThread``), so that real
+external peers (curl, openssl, strongSwan's ``pki``) can talk to it over
+loopback while the test drives them with ``subprocess``. It is stopped with
+the server's ``close`` from the loop's thread (graceful shutdown), and the
+thread is joined.
 
 The server's log (logger ``estproto.server``) and the CA's log are captured
 in :attr:`RunningServer.log` so that a failing peer can be diagnosed from
@@ -21,29 +22,20 @@ processes, each bounded by :data:`TOOL_TIMEOUT`.
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import subprocess
 import threading
 from pathlib import Path
-from typing import Any, Callable, Sequence
-
-import trio
+from typing import Any, Sequence
 
 import estproto
-import estproto.asyncio as est_asyncio
-import estproto.trio as est_trio
 from estproto.ca import CASettings, EmbeddedCA
+from server_thread import FRAMEWORKS, ServerThread
 
 #: Seconds any external tool may run: a hung peer fails the test instead of
 #: hanging the suite (every exchange here takes well under a second).
 TOOL_TIMEOUT = 20.0
 
-#: Seconds to wait for the server thread to start listening or to stop.
-START_TIMEOUT = 15.0
-
-#: The server adapters a peer is tested against (``estproto serve --framework``).
-FRAMEWORKS = ("trio", "asyncio")
 
 USER = "user"
 PASSWORD = "pass"
@@ -71,7 +63,7 @@ class RunningServer:
 
     Args:
         data_dir: the CA's data directory (created by ``EmbeddedCA.init``).
-        framework: ``"trio"`` or ``"asyncio"`` (see :data:`FRAMEWORKS`).
+        framework: ``"trio"`` or ``"asyncio"`` (``server_thread.FRAMEWORKS``).
         settings: run-time policy, e.g. ``CASettings(manual_approval=True,
             retry_after=1)`` for deferred enrollment.
         est_overrides: EST-layer settings (``ca.est_settings(**overrides)``),
@@ -95,14 +87,14 @@ class RunningServer:
         self.ca.add_user(USER, PASSWORD)
         self.trust = data_dir / "ca.pem"
         self.config = estproto.ServerConfig(tls=self.ca.server_tls_context(), est=self.ca.est_settings(**est_overrides))
-        self.port = 0
-        self._server: est_trio.ESTServer | est_asyncio.ESTServer | None = None
-        self._close: Callable[[], None] | None = None  # the server's close, from any thread
-        self._ready = threading.Event()
-        self._error: BaseException | None = None
-        self._thread = threading.Thread(target=self._main, name="estproto-interop-server", daemon=True)
+        self._server = ServerThread(framework, self.ca.handler(), self.config)  # started by start()
         self._log_handler = _ListHandler()
         self._levels: dict[str, int] = {}
+
+    @property
+    def port(self) -> int:
+        """The bound port (0 before :meth:`start`)."""
+        return self._server.port
 
     @property
     def url(self) -> str:
@@ -112,39 +104,6 @@ class RunningServer:
     def log(self) -> list[str]:
         """What the server and the CA logged so far."""
         return list(self._log_handler.lines)
-
-    def _main(self) -> None:
-        try:
-            if self.framework == "asyncio":
-                asyncio.run(self._serve_asyncio())
-            else:
-                trio.run(self._serve_trio)
-        except BaseException as exc:  # reported to start()/stop() in the test's thread
-            self._error = exc
-        finally:
-            self._ready.set()
-
-    async def _serve_trio(self) -> None:
-        token = trio.lowlevel.current_trio_token()
-        async with trio.open_nursery() as nursery:
-            server = await nursery.start(
-                lambda task_status: est_trio.serve(
-                    self.ca.handler(), self.config, "127.0.0.1", 0, task_status=task_status
-                )
-            )
-            self._close = lambda: trio.from_thread.run_sync(server.close, trio_token=token)
-            self._server = server
-            self.port = server.port
-            self._ready.set()
-
-    async def _serve_asyncio(self) -> None:
-        server = await est_asyncio.start_server(self.ca.handler(), self.config, "127.0.0.1", 0)
-        loop = asyncio.get_running_loop()
-        self._close = lambda: loop.call_soon_threadsafe(server.close)
-        self._server = server
-        self.port = server.port
-        self._ready.set()
-        await server.wait_closed()
 
     def start(self) -> RunningServer:
         """Start serving; returns once the port is bound.
@@ -157,27 +116,24 @@ class RunningServer:
             self._levels[name] = logger.level
             logger.addHandler(self._log_handler)
             logger.setLevel(logging.DEBUG)
-        self._thread.start()
-        if not self._ready.wait(START_TIMEOUT) or self._server is None:
-            raise RuntimeError("the EST server did not start") from self._error
+        try:
+            self._server.start()
+        except BaseException as exc:
+            raise RuntimeError("the EST server did not start") from exc
         return self
 
     def stop(self) -> None:
         """Close the server gracefully and join its thread; close the CA."""
         try:
-            if self._close is not None and self._thread.is_alive():
-                self._close()
-            self._thread.join(START_TIMEOUT)
-            if self._thread.is_alive():
-                raise RuntimeError("the EST server did not stop within its timeout")
+            self._server.stop()
+        except BaseException as exc:
+            raise RuntimeError("the EST server failed or did not stop") from exc
         finally:
             for name in _LOGGERS:
                 logger = logging.getLogger(name)
                 logger.removeHandler(self._log_handler)
                 logger.setLevel(self._levels.get(name, logging.NOTSET))
             self.ca.close()
-        if self._error is not None:
-            raise RuntimeError("the EST server failed") from self._error
 
     def log_text(self) -> str:
         """The captured log, for assertion messages."""

@@ -44,6 +44,7 @@ from estproto.client import Credentials
 from estproto.codecs import pkcs10
 from conftest import require_tool
 from pki import make_ca, pem
+from server_thread import FRAMEWORKS
 
 ESTPROTO = [sys.executable, "-m", "estproto"]
 PASSWORD = "secret"
@@ -444,7 +445,7 @@ def enroll_loop(port: int, ca_pem: Path, user: str, stop: threading.Event, recei
         errors.append(exc)
 
 
-@pytest.mark.parametrize("framework", ["trio", "asyncio"])
+@pytest.mark.parametrize("framework", FRAMEWORKS)
 def test_workers_share_the_port_and_stop_on_sigterm(tmp_path: Path, framework: str) -> None:
     data = tmp_path / "DIR"
     with serving(data, "--workers", "2", "--framework", framework) as server:
@@ -470,7 +471,7 @@ def test_workers_share_the_port_and_stop_on_sigterm(tmp_path: Path, framework: s
     assert "stopping 2 workers gracefully" in server.log.read_text()
 
 
-@pytest.mark.parametrize("framework", ["trio", "asyncio"])
+@pytest.mark.parametrize("framework", FRAMEWORKS)
 def test_kill_9_loses_no_issued_certificate(tmp_path: Path, framework: str) -> None:
     data = tmp_path / "DIR"
     assert run("ca", "init", "--data-dir", str(data), "--hostname", "127.0.0.1").returncode == 0

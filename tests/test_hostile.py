@@ -25,7 +25,6 @@ printed (``pytest -s``).
 
 from __future__ import annotations
 
-import asyncio
 import dataclasses
 import functools
 import logging
@@ -46,7 +45,6 @@ from cryptography import x509
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
-import estproto.asyncio as est_asyncio
 import estproto.trio as est_trio
 from estproto import ServerConfig
 from estproto._events import ServerRequest, ServerResponse
@@ -55,6 +53,7 @@ from estproto._tls import ClientTLSContext, TLSError, TLSLayer
 from estproto.ca import EmbeddedCA
 from estproto.client import Credentials
 from estproto.codecs import pkcs10, transfer
+from server_thread import FRAMEWORKS, ServerThread
 
 PASSWORD = "correct horse battery staple"
 USER = "alice"
@@ -105,77 +104,6 @@ class Counting:
         with self._lock:
             self.count += 1
         return response
-
-
-class ServerThread:
-    """An estproto server (trio or asyncio adapter) in a background thread.
-
-    Use as a context manager; leaving it closes the server gracefully and
-    joins the thread.
-    """
-
-    def __init__(self, kind: str, handler: Any, config: ServerConfig, **kwargs: Any) -> None:
-        self.kind = kind
-        self.handler = handler
-        self.config = config
-        self.kwargs = kwargs
-        self.server: Any = None
-        self.port = 0
-        self._ready = threading.Event()
-        self._stop: Callable[[], None] = lambda: None
-        self._error: BaseException | None = None
-        self._thread = threading.Thread(target=self._main, name=f"est-{kind}-server", daemon=True)
-
-    def _main(self) -> None:
-        try:
-            if self.kind == "trio":
-                trio.run(self._trio)
-            else:
-                asyncio.run(self._asyncio())
-        except BaseException as exc:  # reported by __exit__
-            self._error = exc
-            self._ready.set()
-
-    async def _trio(self) -> None:
-        async with trio.open_nursery() as nursery:
-            self.server = await nursery.start(
-                functools.partial(est_trio.serve, self.handler, self.config, **self.kwargs))
-            token = trio.lowlevel.current_trio_token()
-            self._stop = lambda: trio.from_thread.run_sync(self.server.close, trio_token=token)
-            self.port = self.server.port
-            self._ready.set()
-
-    async def _asyncio(self) -> None:
-        server = await est_asyncio.start_server(self.handler, self.config, **self.kwargs)
-        loop = asyncio.get_running_loop()
-        self.server = server
-
-        def stop() -> None:
-            loop.call_soon_threadsafe(server.close)
-
-        self._stop = stop
-        self.port = server.port
-        self._ready.set()
-        await server.wait_closed()
-
-    @property
-    def connection_count(self) -> int:
-        return int(self.server.connection_count)
-
-    def __enter__(self) -> ServerThread:
-        self._thread.start()
-        assert self._ready.wait(15), "server did not start"
-        if self._error is not None:
-            raise self._error
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        if self._thread.is_alive() and self.server is not None:
-            self._stop()
-        self._thread.join(30)
-        assert not self._thread.is_alive(), "server thread did not stop"
-        if self._error is not None:
-            raise self._error
 
 
 class CrashLog(logging.Handler):
@@ -576,7 +504,7 @@ def test_trickled_head_is_cut_at_the_request_deadline(ca: EmbeddedCA, running: S
     assert REQUEST_TIMEOUT - 0.5 < elapsed < REQUEST_TIMEOUT + 2.0
 
 
-@pytest.mark.parametrize("kind", ["trio", "asyncio"])
+@pytest.mark.parametrize("kind", FRAMEWORKS)
 def test_idle_connections_beyond_the_cap(ca: EmbeddedCA, crash_log: CrashLog, kind: str) -> None:
     """40 silent connections against a cap of 20: the server never holds more
     than 20, the deadline frees the slots, and a real client gets through."""

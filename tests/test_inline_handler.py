@@ -37,7 +37,7 @@ from estproto.ca import CASettings, EmbeddedCA
 from estproto.ca.sqlite_store import SQLiteStore
 from estproto.ca.store import DuplicateSerialError, IssuedRecord, StoreError
 from estproto.codecs import pkcs10
-from test_hostile import ServerThread
+from server_thread import ServerThread
 from test_security import basic, csr_body, holds_certificate, https, name
 
 USER, PASSWORD = "inline-user", "inline-password"

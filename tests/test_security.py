@@ -44,7 +44,7 @@ from estproto._tls import ClientTLSContext
 from estproto.ca import CASettings, EmbeddedCA
 from estproto.client import Credentials
 from estproto.codecs import pkcs7, pkcs10, transfer
-from test_hostile import ServerThread
+from server_thread import ServerThread
 
 USER = "alice"
 PASSWORD = "s3cret-Pa55word-never-logged"

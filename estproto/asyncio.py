@@ -23,9 +23,9 @@ runs until cancelled and then shuts down the same way.
   deadline without cancelling anything (so it works on Python 3.10, which
   has no ``asyncio.timeout``), and the same waiter lets shutdown wake idle
   connections.
-* ``max_connections``: at the cap the server stops accepting (the accept
-  loop waits on a semaphore) until a connection ends; the kernel's listen
-  backlog holds the waiting clients.
+* ``max_connections``: at the cap the server stops watching its listeners
+  until a connection ends; the kernel's listen backlog holds the waiting
+  clients.
 * Shutdown: the listeners close, idle and handshaking connections get
   close_notify, requests in flight are answered (no more keep-alive), and
   connections left after ``shutdown_timeout`` are cancelled.
@@ -113,14 +113,10 @@ class _Stream(asyncio.Protocol):
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         assert isinstance(transport, asyncio.Transport)
+        # No TCP_NODELAY here: asyncio sets it on every TCP transport (since
+        # Python 3.7, documented with loop.create_connection); requests and
+        # responses are single writes, so it matters (tested).
         self._transport = transport
-        sock = transport.get_extra_info("socket")
-        if sock is not None:
-            try:
-                # Requests and responses are single writes; don't delay them.
-                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-            except OSError:
-                pass
 
     def data_received(self, data: bytes) -> None:
         self._buffer += data
@@ -277,12 +273,16 @@ class ESTServer:
         self._executor = concurrent.futures.ThreadPoolExecutor(
             max_workers=handler_threads, thread_name_prefix="estproto-handler"
         )
-        self._slots = asyncio.Semaphore(max_connections)
+        self._max_connections = max_connections
         self._call = make_handler_caller(
             handler, self._run_sync, logger, self._await_future, _one_turn
         )
         self._listeners: list[socket.socket] = []
-        self._accepting: list[asyncio.Task[None]] = []
+        # Whether the listeners are watched for connections: not at the cap,
+        # after an accept failure (until the retry) and after close().
+        self._accepting = False
+        self._accept_stopped = False
+        self._accept_retry: asyncio.TimerHandle | None = None
         self._tasks: dict[asyncio.Task[None], _Connection | None] = {}
         self._draining = False
         self._closed = asyncio.Event()
@@ -322,8 +322,7 @@ class ESTServer:
         self._listeners = listeners
         self.sockets = tuple(sock.getsockname() for sock in listeners)
         self.port = self.sockets[0][1]
-        for sock in listeners:
-            self._accepting.append(self._loop.create_task(self._accept(sock)))
+        self._watch_listeners()
 
     def close(self) -> None:
         """Start a graceful shutdown (idempotent); see :meth:`wait_closed`."""
@@ -347,9 +346,10 @@ class ESTServer:
 
     async def _drain(self) -> None:
         try:
-            for task in self._accepting:
-                task.cancel()
-            await asyncio.gather(*self._accepting, return_exceptions=True)
+            self._accept_stopped = True
+            self._unwatch_listeners()
+            if self._accept_retry is not None:
+                self._accept_retry.cancel()
             for sock in self._listeners:
                 sock.close()
             self._draining = True
@@ -371,31 +371,53 @@ class ESTServer:
 
     # -- accepting -----------------------------------------------------------
 
-    async def _accept(self, listener: socket.socket) -> None:
-        while True:
-            await self._slots.acquire()
+    # Not loop.sock_accept: that registers and unregisters the listener
+    # for every connection (two epoll_ctl calls, a future and a loop turn
+    # each). Like asyncio's own servers, the listeners stay registered and
+    # one wake-up accepts every waiting connection, up to the cap.
+
+    def _watch_listeners(self) -> None:
+        if not self._accepting and not self._accept_stopped and self._accept_retry is None:
+            for sock in self._listeners:
+                self._loop.add_reader(sock.fileno(), self._accept_ready, sock)
+            self._accepting = True
+
+    def _unwatch_listeners(self) -> None:
+        if self._accepting:
+            for sock in self._listeners:
+                self._loop.remove_reader(sock.fileno())
+            self._accepting = False
+
+    def _accept_ready(self, listener: socket.socket) -> None:
+        while len(self._tasks) < self._max_connections:
             try:
-                sock, _ = await self._loop.sock_accept(listener)
+                sock, address = listener.accept()
+            except (BlockingIOError, InterruptedError, ConnectionAbortedError):
+                return  # none waiting (or the client already gave up)
             except OSError as exc:
-                self._slots.release()
+                # EMFILE, ENOBUFS ...: Linux keeps reporting the listener
+                # readable, so stop watching it for a moment.
                 self._log.warning("accept failed: %s", exc)
-                await asyncio.sleep(ACCEPT_RETRY_DELAY)
-                continue
-            except BaseException:
-                self._slots.release()
-                raise
-            task = self._loop.create_task(self._serve_connection(sock))
+                self._unwatch_listeners()
+                self._accept_retry = self._loop.call_later(ACCEPT_RETRY_DELAY, self._retry_accept)
+                return
+            task = self._loop.create_task(self._serve_connection(sock, _format_peer(sock.family, address)))
             self._tasks[task] = None
             task.add_done_callback(self._forget)
+        # At the cap: the kernel's listen backlog holds the next clients.
+        self._unwatch_listeners()
+
+    def _retry_accept(self) -> None:
+        self._accept_retry = None
+        self._watch_listeners()
 
     def _forget(self, task: asyncio.Task[None]) -> None:
         self._tasks.pop(task, None)
-        self._slots.release()
+        self._watch_listeners()
 
     # -- one connection ------------------------------------------------------
 
-    async def _serve_connection(self, sock: socket.socket) -> None:
-        peer = _peer(sock)
+    async def _serve_connection(self, sock: socket.socket, peer: str) -> None:
         stream = _Stream()
         try:
             await self._loop.connect_accepted_socket(lambda: stream, sock)
@@ -446,14 +468,13 @@ class ESTServer:
                 conn.receive_data(received, now=now)
 
 
-def _peer(sock: socket.socket) -> str:
-    try:
-        address = sock.getpeername()
-    except OSError:
-        return "-"
-    if sock.family == socket.AF_INET6:
+def _format_peer(family: int, address: Any) -> str:
+    """"host:port" (IPv6 in brackets) of the address ``accept`` returned."""
+    if family == socket.AF_INET6:
         return f"[{address[0]}]:{address[1]}"
-    return f"{address[0]}:{address[1]}"
+    if family == socket.AF_INET:
+        return f"{address[0]}:{address[1]}"
+    return str(address) or "-"  # a Unix socket: usually unnamed
 
 
 async def _listen(host: str, port: int) -> list[socket.socket]:

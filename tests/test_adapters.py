@@ -630,6 +630,60 @@ def test_max_connections_pauses_accepting(kit: Any) -> None:
     kit.run(main)
 
 
+def test_accept_failure_pauses_then_recovers(kit: Any, caplog: pytest.LogCaptureFixture) -> None:
+    """Out of file descriptors, accept fails (EMFILE) while a client waits:
+    the server logs it, retries after a pause instead of spinning on the
+    still-readable listener, and serves again once descriptors are back."""
+    import resource
+
+    caplog.set_level(logging.WARNING, logger="estproto.server")
+
+    async def main() -> None:
+        async with kit.server(TestCA(), config()) as server:
+            waiting = socket.create_connection(("127.0.0.1", server.port))
+            soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+            lowest_free = os.dup(0)
+            os.close(lowest_free)
+            resource.setrlimit(resource.RLIMIT_NOFILE, (lowest_free, hard))  # no new descriptor
+            try:
+                await kit.sleep(0.25)
+            finally:
+                resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+            waiting.close()
+            failures = [r for r in caplog.records if "accept failed" in r.getMessage()]
+            # One per retry pause (0.1 s); a spinning accept would log thousands.
+            assert 1 <= len(failures) <= 5, len(failures)
+
+            async def cacerts() -> Any:
+                async with client(kit, server.port) as c:
+                    return await c.cacerts()
+
+            assert await kit.wait_for(cacerts, 5.0) == (CA_CERT,)
+
+    kit.run(main)
+
+
+def test_asyncio_server_connections_have_nodelay() -> None:
+    """The asyncio adapter leaves TCP_NODELAY to asyncio, which sets it on
+    every TCP transport; this fails if that ever stops."""
+
+    async def main() -> None:
+        async with AsyncioKit().server(TestCA(), config()) as server:
+            held = socket.create_connection(("127.0.0.1", server.port))
+            try:
+                for _ in range(100):
+                    records = [r for r in server._tasks.values() if r is not None]
+                    if records:
+                        break
+                    await asyncio.sleep(0.01)
+                sock = records[0].stream._transport.get_extra_info("socket")
+                assert sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY) != 0
+            finally:
+                held.close()
+
+    AsyncioKit().run(main)
+
+
 def test_handshake_timeout_closes_silent_connection(kit: Any) -> None:
     def silent(port: int) -> float:
         started = time.monotonic()

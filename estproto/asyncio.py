@@ -319,6 +319,8 @@ class ESTServer:
     # -- lifecycle -----------------------------------------------------------
 
     def _start(self, listeners: list[socket.socket]) -> None:
+        for sock in listeners:
+            sock.setblocking(False)  # a caller's own socket may be blocking: accept must not wait
         self._listeners = listeners
         self.sockets = tuple(sock.getsockname() for sock in listeners)
         self.port = self.sockets[0][1]

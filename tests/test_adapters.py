@@ -663,6 +663,46 @@ def test_accept_failure_pauses_then_recovers(kit: Any, caplog: pytest.LogCapture
     kit.run(main)
 
 
+def test_serves_on_a_callers_blocking_socket(kit: Any) -> None:
+    """A listening socket handed in as created (blocking, as
+    socket.create_server makes it) is served like our own: an accept that
+    waited for the next client would stall every connection."""
+
+    listener = socket.create_server(("127.0.0.1", 0))
+    assert listener.getblocking()
+    port = listener.getsockname()[1]
+    finished = threading.Event()
+    stalled = []
+
+    def watchdog() -> None:
+        # A stalled loop cannot time itself out: make the socket what it
+        # should have been and connect once more to free the waiting
+        # accept, so the test fails instead of hanging.
+        if not finished.wait(10.0):
+            stalled.append(True)
+            listener.setblocking(False)
+            socket.create_connection(("127.0.0.1", port)).close()
+
+    async def main() -> None:
+        async with kit.server(TestCA(), config(), sockets=[listener]) as server:
+            async def cacerts() -> Any:
+                async with client(kit, server.port) as c:
+                    return await c.cacerts()
+
+            for _ in range(2):
+                assert await kit.wait_for(cacerts, 5.0) == (CA_CERT,)
+        finished.set()
+
+    guard = threading.Thread(target=watchdog, daemon=True)
+    guard.start()
+    try:
+        kit.run(main)
+    finally:
+        finished.set()
+        guard.join()
+    assert not stalled, "the server's loop waited in accept"
+
+
 def test_asyncio_server_connections_have_nodelay() -> None:
     """The asyncio adapter leaves TCP_NODELAY to asyncio, which sets it on
     every TCP transport; this fails if that ever stops."""

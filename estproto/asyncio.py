@@ -278,10 +278,10 @@ class ESTServer:
             handler, self._run_sync, logger, self._await_future, _one_turn
         )
         self._listeners: list[socket.socket] = []
-        # Whether the listeners are watched for connections: not at the cap,
-        # after an accept failure (until the retry) and after close().
+        # Whether the listeners are registered with the loop. They are not
+        # at the cap, while an accept failure's retry is pending
+        # (_accept_retry) and once draining.
         self._accepting = False
-        self._accept_stopped = False
         self._accept_retry: asyncio.TimerHandle | None = None
         self._tasks: dict[asyncio.Task[None], _Connection | None] = {}
         self._draining = False
@@ -348,13 +348,12 @@ class ESTServer:
 
     async def _drain(self) -> None:
         try:
-            self._accept_stopped = True
+            self._draining = True
             self._unwatch_listeners()
             if self._accept_retry is not None:
                 self._accept_retry.cancel()
             for sock in self._listeners:
                 sock.close()
-            self._draining = True
             for record in self._tasks.values():
                 if record is not None and record.conn.state in _QUIET:
                     record.stream.wake()
@@ -379,7 +378,7 @@ class ESTServer:
     # one wake-up accepts every waiting connection, up to the cap.
 
     def _watch_listeners(self) -> None:
-        if not self._accepting and not self._accept_stopped and self._accept_retry is None:
+        if not self._accepting and not self._draining and self._accept_retry is None:
             for sock in self._listeners:
                 self._loop.add_reader(sock.fileno(), self._accept_ready, sock)
             self._accepting = True

@@ -20,6 +20,7 @@ import http.client
 import ipaddress
 import logging
 import os
+import resource
 import socket
 import ssl
 import struct
@@ -634,8 +635,6 @@ def test_accept_failure_pauses_then_recovers(kit: Any, caplog: pytest.LogCapture
     """Out of file descriptors, accept fails (EMFILE) while a client waits:
     the server logs it, retries after a pause instead of spinning on the
     still-readable listener, and serves again once descriptors are back."""
-    import resource
-
     caplog.set_level(logging.WARNING, logger="estproto.server")
 
     async def main() -> None:
@@ -700,6 +699,7 @@ def test_serves_on_a_callers_blocking_socket(kit: Any) -> None:
     finally:
         finished.set()
         guard.join()
+        listener.close()
     assert not stalled, "the server's loop waited in accept"
 
 
